@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests run offline against the real bundled encoder; QUALCODE_HOME points at a
+per-checkout directory so they never touch an analyst's cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CORPORA = ROOT / "corpora"
+BENCH = SHARED / "bench" / "sib200-swe"
+
+os.environ.setdefault("QUALCODE_HOME", str(ROOT / ".qualcode-test-home"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The bundled e5-small, converted once per checkout."""
+    from qualcode.encoders import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def swedish_sentences() -> list[str]:
+    """Real Swedish sentences: SIB-200 dev when available, else the sample corpora."""
+    import pandas as pd
+
+    if (BENCH / "dev.tsv").exists():
+        return pd.read_csv(BENCH / "dev.tsv", sep="\t")["text"].tolist()
+    lines = []
+    for path in sorted((CORPORA / "seeds").glob("*.txt")):
+        lines += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if len(ln) > 40][:100]
