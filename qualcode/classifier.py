@@ -1,0 +1,370 @@
+"""`ThemeClassifier`: a scikit-learn estimator from segment texts to codebook themes.
+
+Texts are embedded with a sentence encoder (cached), the codebook's theme descriptions join the
+training data as prototypes, the regularisation C is chosen by stratified cross-validation, and
+the probabilities are temperature-scaled on out-of-fold predictions so that "confidence" means
+what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import normalize
+
+from qualcode.encoders import BUNDLED, TFIDF, CharNgramEncoder, embed, load_encoder
+from qualcode.errors import QualcodeError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from qualcode.codebook import Codebook
+
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+# How much the codebook-similarity prior counts against the trained head (chosen by CV).
+PRIOR_GRID = (0.0, 0.25, 0.5)
+PRIOR_TEMPERATURE = 0.02
+_ENCODERS: dict[str, SentenceTransformer] = {}
+
+
+def get_encoder(name: str | None) -> SentenceTransformer:
+    """Load a sentence encoder once per process (estimators are cloned often under CV)."""
+    key = name or BUNDLED
+    if key not in _ENCODERS:
+        _ENCODERS[key] = load_encoder(key)
+    return _ENCODERS[key]
+
+
+def prototype_texts(codebook: Codebook) -> tuple[list[str], list[str]]:
+    """Texts that describe each theme (label + description, examples) and their theme ids."""
+    from qualcode.codebook import theme_texts
+
+    texts, themes = [], []
+    for theme in codebook.themes:
+        for text in theme_texts(theme):
+            texts.append(text)
+            themes.append(theme.id)
+    return texts, themes
+
+
+def zero_shot_proba(
+    texts: Sequence[str], codebook: Codebook, encoder: str | None = None, temperature: float = 0.02
+) -> np.ndarray:
+    """Theme probabilities from similarity to the codebook alone (columns: ``codebook.ids``)."""
+    model = get_encoder(encoder)
+    proto, themes = prototype_texts(codebook)
+    p = embed(proto, model, progress=False)
+    centroids = np.stack([p[[t == i for t in themes]].mean(0) for i in codebook.ids])
+    centroids = normalize(centroids)
+    x = embed(list(texts), model, progress=len(texts) > 64)
+    return softmax(x @ centroids.T / temperature)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the log-loss of softmax(logits / T) on held-out data."""
+    rows = np.arange(len(y))
+    best_t, best_nll = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.05), np.log(20.0), 121)):
+        nll = -np.log(softmax(logits / t)[rows, y] + 1e-12).mean()
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    return best_t
+
+
+class ThemeClassifier(ClassifierMixin, BaseEstimator):
+    """Classify segment texts into themes.
+
+    Parameters
+    ----------
+    encoder : ``"e5-small"`` (bundled, default), ``"tfidf"`` (character n-gram baseline), or any
+        sentence-transformers model name or directory.
+    codebook : a :class:`~qualcode.codebook.Codebook`; its descriptions and examples are added as
+        training examples (weight ``prototype_weight``) and every codebook theme becomes a class.
+    C : inverse regularisation strength, or ``"auto"`` to choose it from ``C_GRID`` by stratified
+        ``cv``-fold cross-validation on macro-F1.
+    prior_weight : weight in [0, 1] of the codebook prior (similarity to each theme's
+        prototype centroid) mixed into the head's log-probabilities, or ``"auto"`` to choose it
+        from ``PRIOR_GRID`` together with C.
+    multi_label : one-vs-rest per theme instead of one softmax; ``predict_themes`` then returns
+        every theme with probability ≥ 0.5.
+    """
+
+    def __init__(
+        self,
+        encoder: str | None = None,
+        codebook: Codebook | None = None,
+        C: float | str = "auto",
+        prior_weight: float | str = "auto",
+        prototype_weight: float = 1.0,
+        multi_label: bool = False,
+        cv: int = 5,
+        random_state: int = 0,
+        progress: bool = False,
+    ):
+        self.encoder = encoder
+        self.codebook = codebook
+        self.C = C
+        self.prior_weight = prior_weight
+        self.prototype_weight = prototype_weight
+        self.multi_label = multi_label
+        self.cv = cv
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ features
+    def _featurize(self, texts: Sequence[str]) -> Any:
+        texts = [str(t) for t in texts]
+        if self.encoder == TFIDF:
+            return self.tfidf_.encode(texts)
+        return embed(texts, get_encoder(self.encoder), progress=self.progress)
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """The features the head sees (embeddings, or tf-idf vectors for the baseline)."""
+        return self._featurize(texts)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: Sequence[str], y: Sequence[Any]) -> ThemeClassifier:
+        texts = [str(t) for t in X]
+        targets = [self._as_list(v) for v in y]
+        if len(texts) != len(targets):
+            raise QualcodeError(f"{len(texts)} texts but {len(targets)} theme labels")
+        if not texts:
+            raise QualcodeError("no labelled segments to train on")
+        proto_texts, proto_themes = prototype_texts(self.codebook) if self.codebook else ([], [])
+        seen = sorted({t for ts in targets for t in ts})
+        if self.codebook is not None:
+            unknown = sorted(set(seen) - set(self.codebook.ids))
+            if unknown:
+                raise QualcodeError(f"themes not in the codebook: {', '.join(unknown)}")
+            classes = list(self.codebook.ids)
+        else:
+            classes = seen
+        if len(set(seen) | set(proto_themes)) < 2:
+            raise QualcodeError(
+                f"need at least two different themes to train; the labels only use {seen}"
+            )
+        self.classes_ = np.array(classes, dtype=object)
+        index = {c: i for i, c in enumerate(classes)}
+
+        if self.encoder == TFIDF:
+            self.tfidf_ = CharNgramEncoder().fit(texts + proto_texts)
+        features = self._featurize(texts)
+        proto_features = self._featurize(proto_texts) if proto_texts else None
+        self.centroids_ = self._centroids(proto_features, proto_themes, classes)
+
+        if self.multi_label:
+            Y = np.zeros((len(texts), len(classes)), dtype=int)
+            for r, ts in enumerate(targets):
+                Y[r, [index[t] for t in ts]] = 1
+            P = np.zeros((len(proto_texts), len(classes)), dtype=int)
+            for r, t in enumerate(proto_themes):
+                P[r, index[t]] = 1
+            self._fit_multi_label(features, Y, proto_features, P)
+        else:
+            y_idx = np.array([index[ts[0]] for ts in targets])
+            p_idx = np.array([index[t] for t in proto_themes], dtype=int)
+            self._fit_single_label(features, y_idx, proto_features, p_idx)
+        self.train_features_ = normalize(self._dense(features)).astype(np.float32)
+        return self
+
+    def _centroids(self, proto: Any, themes: list[str], classes: list[str]) -> np.ndarray | None:
+        """Unit-length mean prototype per class (None without a codebook)."""
+        if proto is None:
+            return None
+        dense = normalize(self._dense(proto))
+        rows = [dense[[t == c for t in themes]].mean(axis=0) for c in classes]
+        return normalize(np.stack(rows)).astype(np.float32)
+
+    def _prior(self, features: Any) -> np.ndarray | None:
+        if self.centroids_ is None:
+            return None
+        sims = normalize(self._dense(features)) @ self.centroids_.T
+        return log_softmax(sims / PRIOR_TEMPERATURE)
+
+    @staticmethod
+    def _mix(head_logits: np.ndarray, prior: np.ndarray | None, weight: float) -> np.ndarray:
+        if prior is None or weight == 0:
+            return head_logits
+        return (1 - weight) * log_softmax(head_logits) + weight * prior
+
+    @staticmethod
+    def _as_list(value: Any) -> list[str]:
+        if isinstance(value, (list, tuple, set, np.ndarray)):
+            return [str(v) for v in value]
+        return [part.strip() for part in str(value).split(";") if part.strip()]
+
+    @staticmethod
+    def _dense(features: Any) -> np.ndarray:
+        return features.toarray() if hasattr(features, "toarray") else np.asarray(features)
+
+    def _stack(self, features: Any, proto: Any) -> Any:
+        if proto is None:
+            return features
+        if hasattr(features, "toarray"):
+            from scipy.sparse import vstack
+
+            return vstack([features, proto]).tocsr()
+        return np.vstack([features, proto])
+
+    def _weights(self, n: int, n_proto: int) -> np.ndarray:
+        return np.concatenate([np.ones(n), np.full(n_proto, float(self.prototype_weight))])
+
+    def _head(self, C: float) -> LogisticRegression:
+        return LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
+
+    def _folds(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        counts = np.bincount(y)
+        k = min(self.cv, int(counts[counts > 0].min()))
+        if k < 2:
+            return []
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.random_state)
+        return list(splitter.split(np.zeros(len(y)), y))
+
+    def _fit_single_label(self, X: Any, y: np.ndarray, Xp: Any, yp: np.ndarray) -> None:
+        n_classes = len(self.classes_)
+        folds = self._folds(y)
+        c_grid = C_GRID if self.C == "auto" else (float(self.C),)
+        if self.centroids_ is None:
+            p_grid: tuple[float, ...] = (0.0,)
+        else:
+            p_grid = PRIOR_GRID if self.prior_weight == "auto" else (float(self.prior_weight),)
+        prior = self._prior(X)
+        self.cv_scores_: dict[tuple[float, float], float] = {}
+        oof: dict[tuple[float, float], np.ndarray] = {}
+        for C in c_grid if folds else ():
+            logits = np.zeros((len(y), n_classes))
+            for train, test in folds:
+                head = self._head(C).fit(
+                    self._stack(X[train], Xp),
+                    np.concatenate([y[train], yp]),
+                    sample_weight=self._weights(len(train), len(yp)),
+                )
+                logits[test] = self._full_logits(head, X[test], n_classes)
+            for w in p_grid:
+                mixed = self._mix(logits, prior, w)
+                oof[(C, w)] = mixed
+                self.cv_scores_[(C, w)] = f1_score(y, mixed.argmax(1), average="macro")
+        if folds:
+            # Ties go to the stronger regularisation and the smaller prior.
+            best = max(self.cv_scores_, key=lambda k: (round(self.cv_scores_[k], 6), -k[0], -k[1]))
+            self.C_, self.prior_weight_ = best
+            self.temperature_ = fit_temperature(oof[best], y)
+            self.oof_proba_ = softmax(oof[best] / self.temperature_)
+        else:  # too few labels per theme to cross-validate: keep defaults, the card says so
+            self.C_ = 10.0 if self.C == "auto" else float(self.C)
+            self.prior_weight_ = p_grid[len(p_grid) // 2]
+            self.temperature_ = 1.0
+            self.oof_proba_ = None
+        self.oof_target_ = y
+        self.head_ = self._head(self.C_).fit(
+            self._stack(X, Xp),
+            np.concatenate([y, yp]),
+            sample_weight=self._weights(len(y), len(yp)),
+        )
+
+    def _fit_multi_label(self, X: Any, Y: np.ndarray, Xp: Any, P: np.ndarray) -> None:
+        from sklearn.model_selection import KFold
+
+        grid = C_GRID if self.C == "auto" else (float(self.C),)
+        k = min(self.cv, len(Y))
+        folds = (
+            list(KFold(k, shuffle=True, random_state=self.random_state).split(Y)) if k > 1 else []
+        )
+        self.cv_scores_ = {}
+        oof_by_c = {}
+        for C in grid if folds else ():
+            proba = np.zeros(Y.shape)
+            for train, test in folds:
+                heads = self._fit_ovr(C, self._stack(X[train], Xp), np.vstack([Y[train], P]))
+                proba[test] = self._ovr_proba(heads, X[test])
+            oof_by_c[(C, 0.0)] = proba
+            self.cv_scores_[(C, 0.0)] = f1_score(Y, proba >= 0.5, average="macro", zero_division=0)
+        best = (
+            max(self.cv_scores_, key=lambda k: (round(self.cv_scores_[k], 6), -k[0]))
+            if folds
+            else (10.0 if self.C == "auto" else float(self.C), 0.0)
+        )
+        self.C_, self.prior_weight_ = best
+        self.temperature_ = 1.0
+        self.oof_proba_ = oof_by_c.get(best)
+        self.oof_target_ = Y
+        self.heads_ = self._fit_ovr(self.C_, self._stack(X, Xp), np.vstack([Y, P]))
+
+    def _fit_ovr(self, C: float, X: Any, Y: np.ndarray) -> list[LogisticRegression | float]:
+        heads: list[LogisticRegression | float] = []
+        for j in range(Y.shape[1]):
+            col = Y[:, j]
+            heads.append(self._head(C).fit(X, col) if 0 < col.sum() < len(col) else float(col[0]))
+        return heads
+
+    @staticmethod
+    def _ovr_proba(heads: list, X: Any) -> np.ndarray:
+        cols = [
+            h.predict_proba(X)[:, 1]
+            if isinstance(h, LogisticRegression)
+            else np.full(X.shape[0], h)
+            for h in heads
+        ]
+        return np.column_stack(cols)
+
+    @staticmethod
+    def _full_logits(head: LogisticRegression, X: Any, n_classes: int) -> np.ndarray:
+        """Logits over all classes, even those a fold's head never saw (they get -inf-ish)."""
+        raw = head.decision_function(X)
+        if raw.ndim == 1:
+            raw = np.column_stack([-raw / 2, raw / 2])
+        out = np.full((X.shape[0], n_classes), -30.0)
+        out[:, head.classes_] = raw
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    def decision_function(self, X: Sequence[str]) -> np.ndarray:
+        return self._logits(self._featurize(X))
+
+    def _logits(self, features: Any) -> np.ndarray:
+        head = self._full_logits(self.head_, features, len(self.classes_))
+        return self._mix(head, self._prior(features), self.prior_weight_)
+
+    def predict_proba(self, X: Sequence[str]) -> np.ndarray:
+        """Calibrated theme probabilities, one column per ``classes_``."""
+        return self.proba_from_features(self._featurize(X))
+
+    def proba_from_features(self, features: Any) -> np.ndarray:
+        """Like :meth:`predict_proba`, from features already computed by :meth:`transform`."""
+        if self.multi_label:
+            return self._ovr_proba(self.heads_, features)
+        return softmax(self._logits(features) / self.temperature_)
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def predict_themes(self, X: Sequence[str], threshold: float = 0.5) -> list[list[str]]:
+        """Every theme at or above ``threshold`` (at least the most probable one)."""
+        proba = self.predict_proba(X)
+        out = []
+        for row in proba:
+            picked = [str(self.classes_[j]) for j in np.argsort(-row) if row[j] >= threshold]
+            out.append(picked or [str(self.classes_[int(row.argmax())])])
+        return out
+
+    def similarity_to_training(self, features: Any) -> np.ndarray:
+        """Cosine similarity of each row to its nearest labelled training segment."""
+        x = normalize(self._dense(features)).astype(np.float32)
+        return (x @ self.train_features_.T).max(axis=1)

@@ -1,0 +1,241 @@
+"""The ``qualcode`` command: a thin click skin over the library. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from qualcode.errors import QualcodeError
+
+EXIT_BAD_INPUT = 2
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables.")
+excel_option = click.option(
+    "--excel", is_flag=True, help="Write UTF-8 with BOM and ';' for Swedish Excel."
+)
+encoder_option = click.option(
+    "--encoder",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="e5-small (bundled, default), tfidf (baseline), or any sentence-transformers model.",
+)
+target_option = click.option(
+    "--target-accuracy",
+    type=float,
+    default=None,
+    help="Flag segments for review so that the unflagged ones reach this accuracy "
+    "(chosen from cross-validation). Default 0.9.",
+)
+
+
+def _echo_table(frame, quiet: bool) -> None:
+    if not quiet:
+        click.echo(frame.to_string(index=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qualcode")
+def cli() -> None:
+    """Local, offline qualitative coding of Swedish free text.
+
+    Workflow: segment → label → train → classify → review → report.
+    """
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--unit", type=click.Choice(["paragraph", "sentence"]), default="paragraph")
+@click.option("--column", default=None, help="Answer column of a .csv/.xlsx survey export.")
+@excel_option
+def segment(paths, output, unit, column, excel) -> None:
+    """Split documents or survey exports into codable segments with provenance."""
+    from qualcode.segment import segment as run_segment
+    from qualcode.tables import write_table
+
+    segments = run_segment(paths, unit=unit, column=column)
+    write_table(segments, output, excel=excel)
+    click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}", err=True)
+
+
+@cli.command()
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("--codebook", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model dir.")
+@encoder_option
+@click.option("--multi-label", is_flag=True, help="Segments may carry several themes.")
+@click.option("--finetune", is_flag=True, help="Fine-tune the encoder on the labels first.")
+@target_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+def train(labels, codebook, output, encoder, multi_label, finetune, target_accuracy, seed, quiet):
+    """Train a theme model on LABELS (columns text, theme) against a codebook."""
+    from qualcode.classify import DEFAULT_TARGET_ACCURACY
+    from qualcode.codebook import load_codebook
+    from qualcode.train import read_labels
+    from qualcode.train import train as run_train
+
+    book = load_codebook(codebook)
+    table = read_labels(labels, book)
+    model = run_train(
+        table,
+        book,
+        encoder=encoder,
+        multi_label=multi_label,
+        finetune=finetune,
+        target_accuracy=target_accuracy or DEFAULT_TARGET_ACCURACY,
+        seed=seed,
+        progress=not quiet,
+    )
+    model.save(output)
+    cv, rule = model.card["cv"], model.review_rule
+    click.echo(
+        f"trained on {len(table)} segments; cross-validated macro-F1 {cv['macro_f1']}, "
+        f"accuracy {cv['accuracy']}; review flag below confidence {rule.min_confidence:.2f} "
+        f"(target {rule.target_accuracy}, expected coverage {rule.expected_coverage}) → {output}",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--column", default=None, help="Answer column of a .csv/.xlsx survey export.")
+@click.option("--unit", type=click.Choice(["paragraph", "sentence"]), default="paragraph")
+@click.option(
+    "--codebook",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Refuse unless the model was trained with this codebook.",
+)
+@target_option
+@click.option("--min-margin", type=float, default=None, help="Also flag top-1 − top-2 below this.")
+@excel_option
+@quiet_option
+def classify(
+    model_dir, inputs, output, column, unit, codebook, target_accuracy, min_margin, excel, quiet
+):
+    """Classify segments (a segments CSV or documents) with a trained model."""
+    from qualcode.classify import classify as run_classify
+    from qualcode.classify import read_inputs, summarize, write_predictions
+    from qualcode.codebook import load_codebook
+    from qualcode.train import load_model
+
+    model = load_model(model_dir, load_codebook(codebook) if codebook else None)
+    rule = model.rule_for(target_accuracy) if target_accuracy else model.review_rule
+    if min_margin is not None:
+        rule.min_margin = min_margin
+    segments = read_inputs(inputs, column=column, unit=unit)
+    predictions = run_classify(model, segments, rule=rule, progress=not quiet)
+    write_predictions(predictions, output, excel=excel)
+    _echo_table(summarize(predictions, model), quiet)
+    click.echo(f"{len(predictions)} segments classified → {output}", err=True)
+
+
+@cli.command()
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("--codebook", required=True, type=click.Path(path_type=Path))
+@click.option("--folds", type=int, default=5, show_default=True)
+@encoder_option
+@click.option("--multi-label", is_flag=True)
+@click.option("--finetune", is_flag=True)
+@target_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@quiet_option
+def evaluate(
+    labels, codebook, folds, encoder, multi_label, finetune, target_accuracy, seed, as_json, quiet
+):
+    """Cross-validate training on LABELS: macro-F1, per-theme scores, confusion, coverage."""
+    from qualcode.classify import DEFAULT_TARGET_ACCURACY
+    from qualcode.codebook import load_codebook
+    from qualcode.evaluate import evaluate as run_evaluate
+    from qualcode.train import read_labels
+
+    book = load_codebook(codebook)
+    result = run_evaluate(
+        read_labels(labels, book),
+        book,
+        folds=folds,
+        encoder=encoder,
+        multi_label=multi_label,
+        finetune=finetune,
+        target_accuracy=target_accuracy or DEFAULT_TARGET_ACCURACY,
+        seed=seed,
+        progress=not (quiet or as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    s = result.summary()
+    click.echo(
+        f"{s['segments']} segments, {s['folds']}-fold CV: macro-F1 {s['macro_f1']:.3f}, "
+        f"accuracy {s['accuracy']:.3f}"
+    )
+    click.echo(
+        f"review flags (target {s['review']['target_accuracy']}): coverage "
+        f"{s['review']['coverage']:.0%}, accuracy of unflagged {s['review']['unflagged_accuracy']}"
+    )
+    click.echo("\nPer theme:\n" + result.per_theme().to_string(index=False))
+    click.echo("\nConfusion (rows: coder, columns: model):\n" + result.confusion().to_string())
+    click.echo("\nAccuracy vs coverage:\n" + result.risk_coverage().to_string(index=False))
+
+
+@cli.command()
+@click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model-dir", default="models/samverkan", show_default=True, type=click.Path(path_type=Path)
+)
+@quiet_option
+def demo(output, model_dir, quiet) -> None:
+    """Train on the bundled seed set and classify the Skåne round-table notes."""
+    from qualcode.demo import run_demo
+
+    result = run_demo(output, model_dir, progress=not quiet)
+    _echo_table(result.summary, quiet)
+    for line in result.messages:
+        click.echo(line, err=True)
+
+
+def _register_optional() -> None:
+    try:
+        from qualcode.cli_label_review import label, review
+    except ImportError:
+        return
+    cli.add_command(label)
+    cli.add_command(review)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="qualcode", standalone_mode=False)
+    except QualcodeError as err:
+        click.echo(f"qualcode: error: {err}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo("qualcode: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("qualcode: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if os.environ.get("QUALCODE_DEBUG"):
+            raise
+        click.echo(
+            f"qualcode: internal error: {type(err).__name__}: {err} "
+            "(set QUALCODE_DEBUG=1 for details and please report it)",
+            err=True,
+        )
+        sys.exit(1)

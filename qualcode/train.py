@@ -1,0 +1,433 @@
+"""Step 3: train a theme model from labelled segments, and save / load it.
+
+Labels CSV contract: ``text`` and ``theme`` (several themes separated by ``;``, dominant first;
+theme ids or labels from the codebook); every other column is kept but not used. Rows with an
+empty ``theme`` are ignored (skipped segments).
+
+A saved model is a directory that runs no code on load::
+
+    model.json        model card: encoder identity, codebook and data hashes, themes, CV metrics,
+                      review rule, versions, date
+    codebook.yaml     the codebook it was trained with
+    head.npz          classifier weights and the training embeddings (float arrays only)
+    tfidf.json        vocabulary and idf (tf-idf baseline only)
+    encoder/          the fine-tuned encoder (``--finetune`` only)
+    qualcode_manifest.json   sha256 of every file, checked on load
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+import qualcode
+from qualcode.classifier import ThemeClassifier, get_encoder
+from qualcode.classify import DEFAULT_TARGET_ACCURACY, ReviewRule, choose_review_rule
+from qualcode.codebook import Codebook, load_codebook
+from qualcode.encoders import (
+    BUNDLED,
+    TFIDF,
+    CharNgramEncoder,
+    encoder_identity,
+    verify_manifest,
+    write_manifest,
+)
+from qualcode.errors import QualcodeError
+
+MODEL_FORMAT = 1
+LABEL_COLUMNS = ["text", "theme"]
+# "Unlike the training data": less similar to its nearest labelled segment than all but this
+# share of labelled segments are to theirs.
+SIMILARITY_QUANTILE = 0.02
+
+
+def read_labels(path: str | Path, codebook: Codebook) -> pd.DataFrame:
+    """Read a labels CSV/XLSX, resolve themes against the codebook, drop unlabelled rows."""
+    from qualcode.tables import read_table
+
+    table = read_table(path, required=LABEL_COLUMNS, what="labels file")
+    return prepare_labels(table, codebook, source=str(path))
+
+
+def prepare_labels(table: pd.DataFrame, codebook: Codebook, source: str = "labels") -> pd.DataFrame:
+    """Validate a labels table: known themes (ids or labels), at least two themes in use."""
+    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
+    if missing:
+        raise QualcodeError(f"{source}: missing column(s) {', '.join(missing)}")
+    table = table[table["theme"].astype(str).str.strip() != ""].copy()
+    table = table[table["text"].astype(str).str.strip() != ""]
+    if table.empty:
+        raise QualcodeError(f"{source}: no labelled rows (every 'theme' cell is empty)")
+    codebook.check_themes(
+        [t for cell in table["theme"] for t in str(cell).split(";") if t.strip()],
+        what=source,
+    )
+    table["theme"] = [";".join(codebook.parse_themes(str(cell))) for cell in table["theme"]]
+    used = {cell.split(";")[0] for cell in table["theme"]}
+    if len(used) < 2:
+        raise QualcodeError(
+            f"{source}: every row has the theme {used.pop()!r}; label at least two themes to train"
+        )
+    return table.reset_index(drop=True)
+
+
+def labels_sha256(labels: pd.DataFrame) -> str:
+    rows = sorted(zip(labels["text"].astype(str), labels["theme"].astype(str)))
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class ThemeModel:
+    """A trained classifier with its codebook, review rule and model card."""
+
+    classifier: ThemeClassifier
+    codebook: Codebook
+    review_rule: ReviewRule
+    card: dict[str, Any] = field(default_factory=dict)
+    review_evidence: tuple[np.ndarray, np.ndarray] | None = None
+
+    def rule_for(self, target_accuracy: float) -> ReviewRule:
+        """The review rule re-chosen for another target accuracy from the same CV evidence."""
+        confidence, correct = self.review_evidence or (None, None)
+        return choose_review_rule(
+            confidence,
+            correct,
+            target_accuracy=target_accuracy,
+            min_margin=self.review_rule.min_margin,
+            min_similarity=self.review_rule.min_similarity,
+        )
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.classifier.classes_
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return self.classifier.predict_proba(texts)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model directory atomically (a complete new directory replaces the old)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+        try:
+            self._write(staging)
+            write_manifest(staging, kind="qualcode-model", format=MODEL_FORMAT)
+            if directory.exists():
+                if not (directory / "model.json").exists() and any(directory.iterdir()):
+                    raise QualcodeError(
+                        f"{directory} exists and is not a qualcode model: choose another -o"
+                    )
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+                staging.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                staging.rename(directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    def _write(self, out: Path) -> None:
+        clf = self.classifier
+        arrays: dict[str, np.ndarray] = {
+            "train_features": clf.train_features_,
+            "temperature": np.array([clf.temperature_]),
+        }
+        if clf.centroids_ is not None:
+            arrays["centroids"] = clf.centroids_
+        oof = review_evidence(clf)
+        if oof is not None:
+            arrays["oof_confidence"], arrays["oof_correct"] = oof
+        if clf.multi_label:
+            for j, head in enumerate(clf.heads_):
+                if isinstance(head, LogisticRegression):
+                    arrays[f"coef_{j}"] = head.coef_
+                    arrays[f"intercept_{j}"] = head.intercept_
+                else:
+                    arrays[f"constant_{j}"] = np.array([head])
+        else:
+            arrays["coef"] = clf.head_.coef_
+            arrays["intercept"] = clf.head_.intercept_
+            arrays["head_classes"] = clf.head_.classes_.astype(np.int64)
+        np.savez(out / "head.npz", **arrays)
+        if clf.encoder == TFIDF:
+            (out / "tfidf.json").write_text(json.dumps(clf.tfidf_.to_dict()))
+        encoder_dir = getattr(clf, "finetuned_encoder_", None)
+        if encoder_dir is not None:
+            encoder_dir.save(str(out / "encoder"))
+            write_manifest(out / "encoder")
+        codebook_text = (
+            self.codebook.path.read_text(encoding="utf-8")
+            if self.codebook.path and Path(self.codebook.path).exists()
+            else None
+        )
+        if codebook_text is None:
+            raise QualcodeError("the codebook must come from a file to be saved with the model")
+        (out / "codebook.yaml").write_text(codebook_text, encoding="utf-8")
+        (out / "model.json").write_text(
+            json.dumps(self.card, indent=2, ensure_ascii=False, default=_json_default),
+            encoding="utf-8",
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def _versions() -> dict[str, str]:
+    import sentence_transformers
+    import sklearn
+    import torch
+
+    return {
+        "qualcode": qualcode.__version__,
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "sentence-transformers": sentence_transformers.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def loo_similarity(features: np.ndarray) -> np.ndarray:
+    """Each labelled segment's cosine similarity to its nearest *other* labelled segment."""
+    sims = features @ features.T
+    np.fill_diagonal(sims, -np.inf)
+    return sims.max(axis=1) if len(features) > 1 else np.ones(len(features))
+
+
+def correct_predictions(clf: ThemeClassifier) -> np.ndarray | None:
+    """Whether each out-of-fold top prediction is one of the segment's themes."""
+    if clf.oof_proba_ is None:
+        return None
+    top = clf.oof_proba_.argmax(axis=1)
+    target = clf.oof_target_
+    if target.ndim == 2:
+        return target[np.arange(len(top)), top] == 1
+    return top == target
+
+
+def review_evidence(clf: ThemeClassifier) -> tuple[np.ndarray, np.ndarray] | None:
+    """Out-of-fold confidence and correctness: what review thresholds are chosen from."""
+    correct = correct_predictions(clf)
+    if correct is None:
+        return None
+    return clf.oof_proba_.max(axis=1), correct
+
+
+def fit_classifier(
+    texts: list[str],
+    themes: list[str],
+    codebook: Codebook | None,
+    *,
+    encoder: str | None = None,
+    multi_label: bool = False,
+    finetune: bool = False,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[ThemeClassifier, ReviewRule]:
+    """Fit a :class:`ThemeClassifier` and choose its review rule from cross-validation."""
+    y: list[Any] = [t.split(";") if multi_label else t.split(";")[0] for t in themes]
+    encoder_name = encoder
+    finetuned = None
+    if finetune:
+        from qualcode.finetune import finetune_encoder
+
+        base = None if encoder in (None, BUNDLED) else encoder
+        if encoder == TFIDF:
+            raise QualcodeError("--finetune needs a sentence-transformers encoder, not tfidf")
+        finetuned = finetune_encoder(
+            get_encoder(base),
+            texts,
+            [t.split(";")[0] for t in themes],
+            codebook,
+            seed=seed,
+            progress=progress,
+        )
+        encoder_name = f"finetuned:{encoder_identity(finetuned)}"
+        from qualcode.classifier import _ENCODERS
+
+        _ENCODERS[encoder_name] = finetuned
+    clf = ThemeClassifier(
+        encoder=encoder_name,
+        codebook=codebook,
+        multi_label=multi_label,
+        random_state=seed,
+        progress=progress,
+    ).fit(texts, y)
+    clf.finetuned_encoder_ = finetuned
+    confidence, correct = review_evidence(clf) or (None, None)
+    rule = choose_review_rule(
+        confidence,
+        correct,
+        target_accuracy=target_accuracy,
+        min_similarity=float(np.quantile(loo_similarity(clf.train_features_), SIMILARITY_QUANTILE)),
+    )
+    return clf, rule
+
+
+def train(
+    labels: pd.DataFrame,
+    codebook: Codebook,
+    *,
+    encoder: str | None = None,
+    multi_label: bool = False,
+    finetune: bool = False,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    seed: int = 0,
+    progress: bool = True,
+) -> ThemeModel:
+    """Train a theme model on a labels table (see the module docstring for the contract)."""
+    labels = prepare_labels(labels, codebook)
+    texts = labels["text"].astype(str).tolist()
+    themes = labels["theme"].astype(str).tolist()
+    clf, rule = fit_classifier(
+        texts,
+        themes,
+        codebook,
+        encoder=encoder,
+        multi_label=multi_label,
+        finetune=finetune,
+        target_accuracy=target_accuracy,
+        seed=seed,
+        progress=progress,
+    )
+    correct = correct_predictions(clf)
+    if clf.encoder == TFIDF:
+        identity = TFIDF
+    else:
+        identity = encoder_identity(get_encoder(clf.encoder))
+    counts = pd.Series([t.split(";")[0] for t in themes]).value_counts()
+    card = {
+        "format": MODEL_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder": {
+            "name": encoder or BUNDLED,
+            "identity": identity,
+            "finetuned": finetune,
+        },
+        "codebook": {"name": codebook.name, "sha256": codebook.sha256, "themes": codebook.ids},
+        "training_data": {
+            "sha256": labels_sha256(labels),
+            "segments": len(labels),
+            "per_theme": {t: int(counts.get(t, 0)) for t in codebook.ids},
+        },
+        "multi_label": multi_label,
+        "classifier": {
+            "head": "logistic regression (class-balanced) + codebook prototypes",
+            "C": clf.C_,
+            "prior_weight": getattr(clf, "prior_weight_", 0.0),
+            "cv_macro_f1_by_C_and_prior": {
+                f"C={c} prior={w}": round(v, 4) for (c, w), v in clf.cv_scores_.items()
+            },
+            "temperature": clf.temperature_,
+        },
+        "cv": {
+            "note": "out-of-fold predictions at the chosen C (slightly optimistic: C was chosen "
+            "on the same folds); run `qualcode evaluate` for a nested estimate",
+            "macro_f1": round(max(clf.cv_scores_.values()), 4) if clf.cv_scores_ else None,
+            "accuracy": round(float(correct.mean()), 4) if correct is not None else None,
+        },
+        "review_rule": rule.to_dict(),
+        "versions": _versions(),
+    }
+    return ThemeModel(clf, codebook, rule, card, review_evidence(clf))
+
+
+def load_model(directory: str | Path, codebook: Codebook | None = None) -> ThemeModel:
+    """Load a saved model directory, checking its integrity, format, codebook and encoder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise QualcodeError(f"model directory {directory} does not exist")
+    if not (directory / "model.json").exists():
+        raise QualcodeError(f"{directory} is not a qualcode model (no model.json)")
+    verify_manifest(directory)
+    try:
+        card = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+        head = dict(np.load(directory / "head.npz", allow_pickle=False))
+    except (ValueError, OSError) as err:
+        raise QualcodeError(f"{directory} is corrupt: {err}") from err
+    if card.get("format") != MODEL_FORMAT:
+        raise QualcodeError(
+            f"{directory} was saved by qualcode {card.get('versions', {}).get('qualcode', '?')} "
+            f"in model format {card.get('format')}; this qualcode ({qualcode.__version__}) reads "
+            f"format {MODEL_FORMAT}: retrain the model with `qualcode train`"
+        )
+    saved_codebook = load_codebook(directory / "codebook.yaml")
+    if codebook is not None and codebook.sha256 != saved_codebook.sha256:
+        raise QualcodeError(
+            f"{directory} was trained for a different codebook ({saved_codebook.name}, "
+            f"{saved_codebook.sha256[:12]}) than the one given ({codebook.sha256[:12]}): retrain"
+        )
+    if card["codebook"]["sha256"] != saved_codebook.sha256:
+        raise QualcodeError(f"{directory}: codebook.yaml does not match the model card")
+
+    enc = card["encoder"]
+    clf = ThemeClassifier(
+        encoder=enc["name"], codebook=saved_codebook, multi_label=card["multi_label"]
+    )
+    if enc["name"] == TFIDF:
+        state = json.loads((directory / "tfidf.json").read_text())
+        clf.tfidf_ = CharNgramEncoder.from_dict(state)
+    else:
+        if enc.get("finetuned"):
+            from qualcode.classifier import _ENCODERS
+            from qualcode.encoders import load_encoder
+
+            clf.encoder = f"finetuned:{enc['identity']}"
+            if clf.encoder not in _ENCODERS:
+                model = load_encoder(directory / "encoder")
+                model._qualcode_identity = enc["identity"]
+                _ENCODERS[clf.encoder] = model
+        actual = encoder_identity(get_encoder(clf.encoder))
+        if not enc.get("finetuned") and actual != enc["identity"]:
+            raise QualcodeError(
+                f"the encoder {enc['name']} differs from the one this model was trained with "
+                f"({actual} vs {enc['identity']}): retrain the model"
+            )
+    classes = np.array(card["codebook"]["themes"], dtype=object)
+    clf.classes_ = classes
+    clf.temperature_ = float(head["temperature"][0])
+    clf.train_features_ = head["train_features"]
+    clf.C_ = card["classifier"]["C"]
+    clf.prior_weight_ = card["classifier"]["prior_weight"]
+    clf.centroids_ = head.get("centroids")
+    if card["multi_label"]:
+        clf.heads_ = []
+        for j in range(len(classes)):
+            if f"coef_{j}" in head:
+                clf.heads_.append(_logistic(head[f"coef_{j}"], head[f"intercept_{j}"], [0, 1]))
+            else:
+                clf.heads_.append(float(head[f"constant_{j}"][0]))
+    else:
+        clf.head_ = _logistic(head["coef"], head["intercept"], head["head_classes"])
+    model = ThemeModel(clf, saved_codebook, ReviewRule(**card["review_rule"]), card)
+    if "oof_confidence" in head:
+        model.review_evidence = (head["oof_confidence"], head["oof_correct"].astype(bool))
+    return model
+
+
+def _logistic(coef: np.ndarray, intercept: np.ndarray, classes: Any) -> LogisticRegression:
+    head = LogisticRegression()
+    head.coef_, head.intercept_ = coef, intercept
+    head.classes_ = np.asarray(classes)
+    head.n_features_in_ = coef.shape[1]
+    return head
