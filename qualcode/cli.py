@@ -217,7 +217,7 @@ _register_optional()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="qualcode", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="qualcode", standalone_mode=False)
     except QualcodeError as err:
         click.echo(f"qualcode: error: {err}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -239,3 +239,4 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

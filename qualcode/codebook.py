@@ -1,0 +1,290 @@
+"""The codebook: the themes segments are coded with, loaded from YAML.
+
+Format::
+
+    name: Samverkan region–primärvård–kommun
+    language: sv
+    themes:
+      - id: coordination_roles          # ^[a-z][a-z0-9_]*$, becomes column p_<id>
+        label: Koordineringsroller
+        label_en: Coordination roles     # optional
+        description: >-
+          Vad som hör till temat ...
+        examples:                       # optional
+          - "Ett exempel ..."
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qualcode.errors import QualcodeError
+from qualcode.tables import read_text
+
+__all__ = ["Codebook", "Theme", "load_codebook", "parse_codebook", "theme_texts"]
+
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+_THEME_KEYS = ("id", "label", "label_en", "description", "examples")
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Theme:
+    """One theme (code) of the codebook."""
+
+    id: str
+    label: str
+    label_en: str
+    description: str
+    examples: tuple[str, ...] = ()
+
+
+def _key(value: str) -> str:
+    return " ".join(value.split()).casefold()
+
+
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:_MAX_LISTED])
+    more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """A validated set of themes; build it with :func:`load_codebook` or :func:`parse_codebook`.
+
+    ``sha256`` identifies the content (ids, labels, descriptions, examples), not the file bytes,
+    so reformatting the YAML does not change it.
+    """
+
+    name: str
+    themes: tuple[Theme, ...]
+    path: Path | None
+    sha256: str
+    _lookup: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lookup: dict[str, str] = {}
+        for theme in self.themes:
+            for alias in (theme.id, theme.label, theme.label_en):
+                if alias:
+                    lookup.setdefault(_key(alias), theme.id)
+        object.__setattr__(self, "_lookup", lookup)
+
+    @property
+    def ids(self) -> list[str]:
+        """Theme ids in file order."""
+        return [theme.id for theme in self.themes]
+
+    def _where(self) -> str:
+        return f" in codebook {self.path.name!r}" if self.path else ""
+
+    def get(self, theme_id: str) -> Theme:
+        """The theme with id ``theme_id``; raises :class:`QualcodeError` if there is none."""
+        for theme in self.themes:
+            if theme.id == theme_id:
+                return theme
+        raise QualcodeError(
+            f"no theme with id {theme_id!r}{self._where()}; valid ids: {', '.join(self.ids)}."
+        )
+
+    def resolve(self, value: str) -> str:
+        """Theme id for an id or Swedish/English label (case-insensitive, trimmed)."""
+        found = self._lookup.get(_key(str(value)))
+        if found is None:
+            raise QualcodeError(
+                f"unknown theme {str(value).strip()!r}{self._where()}; "
+                f"use one of the ids {', '.join(self.ids)} or their labels."
+            )
+        return found
+
+    def parse_themes(self, cell: str) -> list[str]:
+        """Resolve a ``;``-separated cell of themes into ids (de-duplicated, order kept)."""
+        ids: list[str] = []
+        for part in str(cell).split(";"):
+            if part.strip():
+                theme_id = self.resolve(part)
+                if theme_id not in ids:
+                    ids.append(theme_id)
+        return ids
+
+    def check_themes(
+        self, values: Iterable[str], *, what: str, rows: Sequence[int] | None = None
+    ) -> list[list[str]]:
+        """Parse every cell in ``values``; return the id lists or raise ONE error for all.
+
+        ``rows`` are the spreadsheet row numbers of ``values``, used in the message. ``what``
+        names the source, e.g. ``"labels.csv column 'themes'"``.
+        """
+        values = list(values)
+        if rows is not None and len(rows) != len(values):
+            raise ValueError("rows and values must have the same length")
+        parsed: list[list[str]] = []
+        unknown: dict[str, tuple[str, list[int]]] = {}  # key -> (first spelling, rows)
+        for i, cell in enumerate(values):
+            ids: list[str] = []
+            for part in str(cell).split(";"):
+                if not part.strip():
+                    continue
+                theme_id = self._lookup.get(_key(part))
+                if theme_id is None:
+                    where = unknown.setdefault(_key(part), (part.strip(), []))[1]
+                    where.append(rows[i] if rows is not None else i + 1)
+                elif theme_id not in ids:
+                    ids.append(theme_id)
+            parsed.append(ids)
+        if unknown:
+            items = list(unknown.values())
+            listed = "; ".join(
+                f"{name!r}" + (f" ({_rows_text(where)})" if rows is not None else "")
+                for name, where in items[:_MAX_LISTED]
+            )
+            more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+            raise QualcodeError(
+                f"{what}: unknown theme(s) {listed}{more}{self._where()}; valid ids: "
+                f"{', '.join(self.ids)} (labels are accepted too). Fix the spelling or add the "
+                "theme to the codebook."
+            )
+        return parsed
+
+
+def theme_texts(theme: Theme) -> list[str]:
+    """Texts describing ``theme`` for zero-shot prototypes: ``"label: description"`` + examples."""
+    return [f"{theme.label}: {theme.description}", *theme.examples]
+
+
+def _content_hash(themes: Sequence[Theme]) -> str:
+    canonical = [
+        {
+            "id": t.id,
+            "label": t.label,
+            "label_en": t.label_en,
+            "description": t.description,
+            "examples": list(t.examples),
+        }
+        for t in themes
+    ]
+    blob = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _text(value: Any) -> str | None:
+    """Whitespace-normalised string, or None if ``value`` is not a scalar text."""
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        return None
+    return " ".join(str(value).split())
+
+
+def _parse_theme(raw: Any, number: int, source: str) -> Theme:
+    where = f"codebook {source!r}: theme {number}"
+    if not isinstance(raw, Mapping):
+        raise QualcodeError(
+            f"{where} is not a mapping; each theme must be a '- id: …' block "
+            "with id, label and description."
+        )
+    theme_id = raw.get("id")
+    if isinstance(theme_id, str):
+        where += f" ({theme_id!r})"
+    unknown = [str(k) for k in raw if k not in _THEME_KEYS]
+    if unknown:
+        raise QualcodeError(
+            f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys: {', '.join(_THEME_KEYS)} (check the spelling)."
+        )
+    for key in ("id", "label", "description"):
+        value = _text(raw.get(key))
+        if not value:
+            raise QualcodeError(f"{where} has no {key!r}; add a non-empty '{key}:' line.")
+    if not isinstance(theme_id, str) or not ID_PATTERN.match(theme_id):
+        raise QualcodeError(
+            f"{where}: id {str(theme_id)!r} is invalid; ids must be lowercase letters, digits "
+            "and '_' starting with a letter (e.g. coordination_roles)."
+        )
+    label_en = raw.get("label_en")
+    if label_en is not None and not _text(label_en):
+        raise QualcodeError(f"{where}: 'label_en' must be text; remove it or fill it in.")
+    examples = raw.get("examples") or []
+    if isinstance(examples, str) or not isinstance(examples, list):
+        raise QualcodeError(f"{where}: 'examples' must be a list ('- \"…\"' lines).")
+    cleaned = []
+    for example in examples:
+        text = _text(example)
+        if not text:
+            raise QualcodeError(f"{where}: every example must be non-empty text.")
+        cleaned.append(text)
+    return Theme(
+        id=theme_id,
+        label=_text(raw["label"]) or "",
+        label_en=_text(label_en) or "",
+        description=_text(raw["description"]) or "",
+        examples=tuple(cleaned),
+    )
+
+
+def parse_codebook(data: Any, *, source: str = "codebook", path: Path | None = None) -> Codebook:
+    """Validate an already-parsed YAML mapping and build a :class:`Codebook`.
+
+    ``source`` names the codebook in error messages. All validation lives here.
+    """
+    if not isinstance(data, Mapping):
+        raise QualcodeError(
+            f"codebook {source!r} must be a YAML mapping with 'name:' and "
+            "'themes:'; see the documented format."
+        )
+    raw_themes = data.get("themes")
+    if not raw_themes:
+        raise QualcodeError(
+            f"codebook {source!r} has no themes; add a 'themes:' list with at least 2 themes."
+        )
+    if not isinstance(raw_themes, list):
+        raise QualcodeError(f"codebook {source!r}: 'themes' must be a list of '- id: …' entries.")
+    themes = [_parse_theme(raw, i, source) for i, raw in enumerate(raw_themes, start=1)]
+    if len(themes) < 2:
+        raise QualcodeError(
+            f"codebook {source!r} defines only 1 theme; a codebook needs at least 2 themes."
+        )
+    seen: set[str] = set()
+    for theme in themes:
+        if theme.id in seen:
+            raise QualcodeError(
+                f"codebook {source!r}: theme id {theme.id!r} is used twice; "
+                "give each theme a unique id."
+            )
+        seen.add(theme.id)
+    owner: dict[str, str] = {}  # resolve() must be unambiguous across ids and labels
+    for theme in themes:
+        for alias in (theme.id, theme.label, theme.label_en):
+            key = _key(alias)
+            if key and owner.setdefault(key, theme.id) != theme.id:
+                raise QualcodeError(
+                    f"codebook {source!r}: {alias!r} names both theme {owner[key]!r} and "
+                    f"theme {theme.id!r}; ids and labels must be unique."
+                )
+    name = _text(data.get("name")) or (path.stem if path else source)
+    return Codebook(name=name, themes=tuple(themes), path=path, sha256=_content_hash(themes))
+
+
+def load_codebook(path: str | os.PathLike[str]) -> Codebook:
+    """Load and validate a YAML codebook; any problem raises :class:`QualcodeError`."""
+    path = Path(path)
+    text = read_text(path, what="codebook")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise QualcodeError(
+            f"codebook {path.name!r} is not valid YAML{line} ({problem}); "
+            "check the indentation and quoting there."
+        ) from None
+    return parse_codebook(data, source=path.name, path=path)

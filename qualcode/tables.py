@@ -1,0 +1,580 @@
+"""Reading and writing analyst tables (CSV/TSV/XLSX) and small durable-file helpers.
+
+Every table cell is read as ``str`` (empty cell = ``""``). CSV output is protected against
+formula injection: text cells starting with ``= + - @`` get a leading apostrophe, which
+:func:`read_table` removes again, so text round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pandas as pd
+
+from qualcode.errors import QualcodeError
+
+__all__ = [
+    "TEXT_TABLE_SUFFIXES",
+    "TABLE_SUFFIXES",
+    "append_row_durably",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "backup_file",
+    "check_file",
+    "file_sha256",
+    "read_table",
+    "read_text",
+    "spreadsheet_rows",
+    "write_table",
+]
+
+TEXT_TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+TABLE_SUFFIXES = (*TEXT_TABLE_SUFFIXES, ".xlsx")
+
+_DELIMITERS = (",", ";", "\t")
+_FORMULA_CHARS = ("=", "+", "-", "@")
+_SNIFF_RECORDS = 50
+_UTF8_BOM = b"\xef\xbb\xbf"
+_ALLOWED_CONTROL = frozenset("\t\n\r\f\v")
+
+
+def _q(value: object) -> str:
+    """Quote a value for a one-line message (newlines escaped)."""
+    return repr(str(value))
+
+
+def _names(values: Iterable[object], limit: int = 20) -> str:
+    values = list(values)
+    shown = ", ".join(_q(v) for v in values[:limit])
+    return shown + (f" … (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def check_file(path: str | os.PathLike[str], *, what: str = "file") -> None:
+    """Raise :class:`QualcodeError` unless ``path`` is an existing, non-empty file."""
+    path = Path(path)
+    if not path.exists():
+        raise QualcodeError(f"{what} {str(path)!r} not found; check the path and file name.")
+    if not path.is_file():
+        raise QualcodeError(
+            f"{what} {str(path)!r} is not a file (it is a directory?); give the path of a file."
+        )
+    if path.stat().st_size == 0:
+        raise QualcodeError(
+            f"{what} {path.name!r} is empty (0 bytes); check that it was saved correctly."
+        )
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise QualcodeError(
+            f"{what} {path.name!r} cannot be read ({exc.strerror or exc}); "
+            "check the file's permissions."
+        ) from None
+
+
+def _looks_binary(text: str) -> bool:
+    sample = text[:65536]
+    bad = sum(1 for ch in sample if ord(ch) < 32 and ch not in _ALLOWED_CONTROL)
+    return bad > max(2, len(sample) // 200)
+
+
+def _decode(data: bytes, path: Path, what: str) -> str:
+    """Decode text bytes: UTF-16 with BOM, UTF-8 (with or without BOM), else cp1252."""
+    hint = ""
+    if data.startswith(b"PK\x03\x04"):
+        hint = " It looks like a zip/Excel/Word file: give it the right extension (.xlsx/.docx)."
+    binary = QualcodeError(
+        f"{what} {path.name!r} is not a text file (binary content); save it as UTF-8 text "
+        f"or CSV.{hint}"
+    )
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel "Unicode text" export
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise binary from None
+    elif data.startswith(_UTF8_BOM):
+        try:
+            text = data[len(_UTF8_BOM) :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise binary from None
+    elif b"\x00" in data:
+        raise binary
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("cp1252")  # Swedish Excel "CSV (semikolonavgränsad)"
+            except UnicodeDecodeError:
+                raise binary from None
+    if "\x00" in text or _looks_binary(text):
+        raise binary
+    return text.lstrip("\ufeff")
+
+
+def read_text(path: str | os.PathLike[str], *, what: str = "file") -> str:
+    """Read a text file (UTF-8 with/without BOM, UTF-16 with BOM, or cp1252).
+
+    Line endings are returned unchanged. Raises :class:`QualcodeError` if the file is missing,
+    empty or binary.
+    """
+    path = Path(path)
+    check_file(path, what=what)
+    return _decode(_read_bytes(path, what), path, what)
+
+
+def _strip_apostrophe(value: str) -> str:
+    """Undo :func:`_neutralise`: drop one apostrophe before ``= + - @``."""
+    if value.startswith("'") and value.lstrip("'").startswith(_FORMULA_CHARS):
+        return value[1:]
+    return value
+
+
+def _clean_header(name: str) -> str:
+    return name.replace("\ufeff", "").strip()
+
+
+def _match_required(header: Sequence[str], required: Sequence[str]) -> dict[str, str]:
+    """Map header names to required names when they differ only in case."""
+    exact = set(header)
+    folded: dict[str, list[str]] = {}
+    for name in header:
+        folded.setdefault(name.casefold(), []).append(name)
+    renames = {}
+    for name in required:
+        candidates = folded.get(name.casefold(), [])
+        if name not in exact and len(candidates) == 1:
+            renames[candidates[0]] = name
+    return renames
+
+
+def _sniff_delimiter(text: str, required: Sequence[str], preferred: str) -> str:
+    """Pick the delimiter giving the required columns and the most consistent rows."""
+    order = [preferred, *(d for d in _DELIMITERS if d != preferred)]
+    sample = text if len(text) <= 1_000_000 else text[:1_000_000]
+    best: tuple[Any, ...] | None = None
+    best_delim = order[0]
+    for rank, delim in enumerate(order):
+        records: list[list[str]] = []
+        try:
+            for record in csv.reader(io.StringIO(sample), delimiter=delim, strict=False):
+                if any(cell.strip() for cell in record):
+                    records.append(record)
+                if len(records) > _SNIFF_RECORDS:
+                    break
+        except csv.Error:
+            continue
+        if not records:
+            continue
+        header = [_clean_header(h) for h in records[0]]
+        header_set = set(header) | set(_match_required(header, required).values())
+        has_required = all(name in header_set for name in required)
+        body = records[1:]
+        consistency = (sum(len(r) == len(records[0]) for r in body) / len(body)) if body else 1.0
+        width = len(header)
+        score = (has_required, width > 1 and consistency >= 0.9, consistency, width, -rank)
+        if best is None or score > best:
+            best, best_delim = score, delim
+    return best_delim
+
+
+def _read_delimited(text: str, path: Path, what: str, required: Sequence[str]) -> list[list[str]]:
+    preferred = "\t" if path.suffix.lower() == ".tsv" else ","
+    delim = _sniff_delimiter(text, required, preferred)
+    reader = csv.reader(io.StringIO(text), delimiter=delim, strict=False)
+    try:
+        records = list(reader)
+    except csv.Error as exc:
+        raise QualcodeError(
+            f"{what} {path.name!r} could not be parsed near line {reader.line_num} ({exc}); "
+            "check for unbalanced quotes there."
+        ) from None
+    return records
+
+
+def _cell_to_str(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _read_xlsx(path: Path, what: str) -> list[list[str]]:
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        raise QualcodeError(
+            f"{what} {path.name!r} is not a valid Excel .xlsx workbook ({type(exc).__name__}); "
+            "open it in Excel and save it again as .xlsx without a password, or export CSV."
+        ) from None
+    try:
+        sheet = workbook.worksheets[0]
+        return [
+            [_cell_to_str(v) for v in row] for row in sheet.iter_rows(min_row=1, values_only=True)
+        ]
+    finally:
+        workbook.close()
+
+
+def _build_frame(
+    records: list[list[str]], path: Path, what: str, required: Sequence[str]
+) -> pd.DataFrame:
+    first = next((i for i, r in enumerate(records) if any(c.strip() for c in r)), None)
+    if first is None:
+        raise QualcodeError(
+            f"{what} {path.name!r} contains no data (only blank lines); "
+            "check that the right file was given."
+        )
+    header_row = first + 1  # 1-based spreadsheet row of the header
+    header = [_clean_header(h) for h in records[first]]
+    body = records[first + 1 :]
+    while body and not any(c.strip() for c in body[-1]):
+        body.pop()
+    width = len(header)
+    rows: list[list[str]] = []
+    for offset, record in enumerate(body):
+        if len(record) > width:
+            if any(c.strip() for c in record[width:]):
+                raise QualcodeError(
+                    f"{what} {path.name!r}: row {header_row + 1 + offset} has {len(record)} "
+                    f"cells but the header has {width} columns; quote cells that contain the "
+                    "delimiter or fix the header."
+                )
+            record = record[:width]
+        rows.append(record + [""] * (width - len(record)))
+
+    keep = []
+    for i, name in enumerate(header):
+        if name:
+            keep.append(i)
+        elif any(row[i].strip() for row in rows):
+            raise QualcodeError(
+                f"{what} {path.name!r}: column {i + 1} has data but no header name; "
+                "give that column a name in the first row."
+            )
+    header = [header[i] for i in keep]
+    rows = [[row[i] for i in keep] for row in rows]
+    if not header:
+        raise QualcodeError(
+            f"{what} {path.name!r} has no column names in its first row; add a header row."
+        )
+
+    seen: dict[str, int] = {}
+    duplicates = []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 2:
+            duplicates.append(name)
+    if duplicates:
+        raise QualcodeError(
+            f"{what} {path.name!r} has duplicate column name(s) {_names(duplicates)}; "
+            "rename them so every column header is unique."
+        )
+    renames = _match_required(header, required)
+    header = [renames.get(name, name) for name in header]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise QualcodeError(
+            f"{what} {path.name!r} is missing required column(s) {_names(missing)}; "
+            f"columns found: {_names(header)}. Add or rename the column(s)."
+        )
+    if not any(any(c.strip() for c in row) for row in rows):
+        raise QualcodeError(
+            f"{what} {path.name!r} has a header row but no data rows; add rows below the header."
+        )
+
+    data = {name: [_strip_apostrophe(row[i]) for row in rows] for i, name in enumerate(header)}
+    frame = pd.DataFrame(data, columns=header, dtype=str)
+    frame.attrs["header_row"] = header_row
+    frame.attrs["original_names"] = {new: old for old, new in renames.items()}
+    return frame
+
+
+def read_table(
+    path: str | os.PathLike[str], *, required: Sequence[str] = (), what: str = "table"
+) -> pd.DataFrame:
+    """Read a .csv/.tsv/.txt (delimited) or .xlsx table with every cell as ``str``.
+
+    Text encoding is detected (UTF-8 with/without BOM, UTF-16 with BOM, cp1252) and the
+    delimiter sniffed among ``,`` ``;`` and tab, preferring the one that yields the
+    ``required`` columns. Header names are stripped; a required column that differs only in
+    case is renamed to the required spelling (``frame.attrs["original_names"]`` maps it back).
+    Only the first worksheet of an .xlsx is read.
+    Blank rows inside the table are kept (as empty strings) so that row ``i`` of the result is
+    spreadsheet row ``spreadsheet_rows(frame)[i]`` (normally ``i + 2``).
+
+    ``what`` names the file in error messages (e.g. ``"labels file"``). Any problem with the
+    file raises :class:`QualcodeError`.
+    """
+    path = Path(path)
+    check_file(path, what=what)
+    suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        records = _read_xlsx(path, what)
+    elif suffix in TEXT_TABLE_SUFFIXES:
+        text = _decode(_read_bytes(path, what), path, what)
+        records = _read_delimited(text, path, what, required)
+    elif suffix in (".xls", ".xlsm", ".ods", ".numbers"):
+        raise QualcodeError(
+            f"{what} {path.name!r}: {suffix} workbooks are not supported; save it as .xlsx or CSV."
+        )
+    else:
+        raise QualcodeError(
+            f"{what} {path.name!r}: unsupported file type {suffix or '(none)'}; "
+            f"use one of {', '.join(TABLE_SUFFIXES)}."
+        )
+    return _build_frame(records, path, what, required)
+
+
+def spreadsheet_rows(frame: pd.DataFrame) -> list[int]:
+    """1-based spreadsheet row numbers of the rows of a frame returned by :func:`read_table`."""
+    first = int(frame.attrs.get("header_row", 1)) + 1
+    return list(range(first, first + len(frame)))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform (e.g. Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: Path, exc: OSError) -> QualcodeError:
+    return QualcodeError(
+        f"cannot write {path.name!r} in {str(path.parent)!r} ({exc.strerror or exc}); close "
+        "the file if it is open in Excel and check that the folder is writable."
+    )
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0o666 lets the umask decide the final permissions, as for any new file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically; newlines are written as given."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def _neutralise(value: object) -> object:
+    # Text already starting with "'=" gets one more apostrophe, so that reading strips
+    # exactly one and every text round-trips.
+    if isinstance(value, str) and value.lstrip("'").startswith(_FORMULA_CHARS):
+        return "'" + value
+    return value
+
+
+def _csv_frame(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out.columns = [_neutralise(str(c)) for c in out.columns]
+    for i in range(out.shape[1]):
+        column = out.iloc[:, i]
+        if not pd.api.types.is_numeric_dtype(column.dtype):
+            out.isetitem(i, column.map(_neutralise))
+    return out
+
+
+def _xlsx_bytes(df: pd.DataFrame) -> bytes:
+    import openpyxl
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    workbook = openpyxl.Workbook(write_only=True)
+    sheet = workbook.create_sheet()
+
+    def cell(value: object) -> object:
+        if isinstance(value, str):
+            if value.startswith("'"):
+                value = str(_neutralise(value))  # read_table strips one "'" before "= + - @"
+            c = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("", value))
+            c.data_type = "s"  # never a formula, even if the text starts with "="
+            return c
+        if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)):
+            return None
+        if hasattr(value, "item"):  # numpy scalar -> Python scalar
+            value = value.item()
+        return value
+
+    sheet.append([cell(str(c)) for c in df.columns])
+    for row in df.itertuples(index=False, name=None):
+        sheet.append([cell(v) for v in row])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, excel: bool = False) -> None:
+    """Write ``df`` (without index) atomically as CSV, or as .xlsx if ``path`` ends in .xlsx.
+
+    CSV is UTF-8 with ``,``; ``excel=True`` writes UTF-8 with BOM, ``;`` and decimal comma
+    for Swedish Excel. Text cells starting with ``= + - @`` are prefixed with ``'`` so that
+    spreadsheet programs do not run them as formulas (:func:`read_table` undoes this). In
+    .xlsx files all text cells are typed as text instead, so no prefix is needed.
+    Parent directories are created.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".xlsx":
+        atomic_write_bytes(path, _xlsx_bytes(df))
+        return
+    text = _csv_frame(df).to_csv(
+        index=False,
+        sep=";" if excel else ",",
+        decimal="," if excel else ".",
+        lineterminator="\n",
+    )
+    atomic_write_bytes(path, text.encode("utf-8-sig" if excel else "utf-8"))
+
+
+# --------------------------------------------------------------------------- misc files
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise QualcodeError(f"file {str(path)!r} not found; check the path.")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backup_file(path: str | os.PathLike[str]) -> Path:
+    """Copy ``path`` to ``<name>.<YYYYmmdd-HHMMSS>.bak`` beside it and return the copy's path.
+
+    An existing backup is never overwritten: a ``-2``, ``-3`` … suffix is added instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QualcodeError(f"cannot back up {str(path)!r}: file not found.")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    shutil.copy2(path, tmp)
+    try:
+        for n in range(1, 10_000):
+            suffix = "" if n == 1 else f"-{n}"
+            target = path.with_name(f"{path.name}.{stamp}{suffix}.bak")
+            try:
+                os.link(tmp, target)  # fails if target exists: no overwrite, no race
+            except FileExistsError:
+                continue
+            except OSError:  # hard links unsupported on this file system
+                if target.exists():
+                    continue
+                os.replace(tmp, target)
+            return target
+        raise QualcodeError(
+            f"cannot back up {path.name!r}: too many backups named "
+            f"{path.name}.{stamp}*.bak; remove some."
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_row_durably(
+    path: str | os.PathLike[str], columns: Sequence[str], row: Mapping[str, object]
+) -> None:
+    """Append one CSV row to ``path`` and fsync, writing the header first if the file is new.
+
+    Meant for incremental saving (e.g. one labelled answer at a time): if the process is
+    killed, at most the row being written is lost. The existing header must equal
+    ``columns``. Missing keys are written as empty cells; ``None`` is written as empty.
+    """
+    path = Path(path)
+    columns = list(columns)
+    unknown = [key for key in row if key not in columns]
+    if unknown:
+        raise ValueError(f"row has keys not in columns: {unknown}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    new = not path.exists() or path.stat().st_size == 0
+    prefix = ""
+    if not new:
+        with path.open("rb") as handle:
+            head = handle.read(65536)
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                prefix = "\n"  # the previous write was interrupted mid-line
+        try:
+            first = next(csv.reader(io.StringIO(head.decode("utf-8-sig", errors="replace"))), [])
+        except csv.Error:
+            first = []
+        if [_clean_header(_strip_apostrophe(c)) for c in first] != columns:
+            raise QualcodeError(
+                f"{path.name!r} has columns {_names(first)} but {_names(columns)} were "
+                "expected; move the old file aside or choose another output file."
+            )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if new:
+        writer.writerow([_neutralise(c) for c in columns])
+    writer.writerow([_neutralise("" if row.get(c) is None else str(row.get(c))) for c in columns])
+    try:
+        with path.open("a", encoding="utf-8", newline="") as handle:
+            handle.write(prefix + buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _write_error(path, exc) from None
