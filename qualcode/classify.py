@@ -143,10 +143,12 @@ def classify(
     segments: pd.DataFrame,
     *,
     rule: ReviewRule | None = None,
-    multi_label: bool | None = None,
+    multi_label: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Every input column plus ``PREDICTION_COLUMNS`` and one ``p_<theme>`` per theme."""
+    """Every input column plus ``PREDICTION_COLUMNS`` and one ``p_<theme>`` per theme; a
+    multi-label model adds ``themes`` (every theme with probability ≥ 0.5, at least the top one).
+    """
     if "text" not in segments.columns:
         raise QualcodeError("the segments to classify need a 'text' column")
     rule = rule or model.review_rule
@@ -170,7 +172,11 @@ def classify(
     out["margin"] = np.round(margin, 4)
     out["needs_review"] = flags
     out["review_reason"] = reasons
-    if multi_label if multi_label is not None else clf.multi_label:
+    if multi_label and not clf.multi_label:
+        raise QualcodeError(
+            "this model was trained single-label: retrain with `qualcode train --multi-label`"
+        )
+    if clf.multi_label:
         out["themes"] = [
             ";".join(classes[j] for j in row if proba[i, j] >= 0.5) or classes[row[0]]
             for i, row in enumerate(order)

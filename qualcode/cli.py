@@ -115,10 +115,21 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
 )
 @target_option
 @click.option("--min-margin", type=float, default=None, help="Also flag top-1 − top-2 below this.")
+@click.option("--multi-label", is_flag=True, help="Require a multi-label model (adds `themes`).")
 @excel_option
 @quiet_option
 def classify(
-    model_dir, inputs, output, column, unit, codebook, target_accuracy, min_margin, excel, quiet
+    model_dir,
+    inputs,
+    output,
+    column,
+    unit,
+    codebook,
+    target_accuracy,
+    min_margin,
+    multi_label,
+    excel,
+    quiet,
 ):
     """Classify segments (a segments CSV or documents) with a trained model."""
     from qualcode.classify import classify as run_classify
@@ -131,7 +142,9 @@ def classify(
     if min_margin is not None:
         rule.min_margin = min_margin
     segments = read_inputs(inputs, column=column, unit=unit)
-    predictions = run_classify(model, segments, rule=rule, progress=not quiet)
+    predictions = run_classify(
+        model, segments, rule=rule, multi_label=multi_label, progress=not quiet
+    )
     write_predictions(predictions, output, excel=excel)
     _echo_table(summarize(predictions, model), quiet)
     click.echo(f"{len(predictions)} segments classified → {output}", err=True)
