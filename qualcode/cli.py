@@ -215,16 +215,16 @@ def demo(output, model_dir, quiet) -> None:
         click.echo(line, err=True)
 
 
-def _register_optional() -> None:
-    try:
-        from qualcode.cli_label_review import label, review
-    except ImportError:
-        return
-    cli.add_command(label)
-    cli.add_command(review)
+def _register_steps() -> None:
+    # label, review and report live in their own CLI modules to keep this file short.
+    from qualcode.cli_label_review import label, review
+    from qualcode.cli_report import report
+
+    for command in (label, review, report):
+        cli.add_command(command)
 
 
-_register_optional()
+_register_steps()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import sys
 import tempfile
+import threading
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -450,12 +451,15 @@ class EmbeddingCache:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else qualcode_home() / "embeddings.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         for attempt in range(2):
             try:
-                db = sqlite3.connect(self.path, timeout=60)
+                # One connection shared by threads (the labeller retrains in the background),
+                # serialised by self._lock.
+                db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS embedding (encoder TEXT, key BLOB, vector BLOB,"
@@ -489,10 +493,11 @@ class EmbeddingCache:
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
             try:
-                rows = self._db.execute(
-                    f"SELECT key, vector FROM embedding WHERE encoder = ? AND key IN ({marks})",
-                    [encoder, *chunk],
-                ).fetchall()
+                with self._lock:
+                    rows = self._db.execute(
+                        f"SELECT key, vector FROM embedding WHERE encoder = ? AND key IN ({marks})",
+                        [encoder, *chunk],
+                    ).fetchall()
             except sqlite3.DatabaseError:
                 return {}
             for k, blob in rows:
@@ -506,7 +511,7 @@ class EmbeddingCache:
             for t, v in zip(texts, vectors)
         ]
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?, ?)", rows)
         except sqlite3.DatabaseError as err:
             print(f"qualcode: could not write the embedding cache ({err})", file=sys.stderr)

@@ -452,12 +452,16 @@ def _slug(document: str) -> str:
     return slug[:40].rstrip("-") or "doc"
 
 
+def segment_id(document: str, section: str, text: str) -> str:
+    """The stable id of a segment: ``<document slug>-<8 hex of sha1(document, section, text)>``."""
+    key = f"{document}\n{section}\n{text}"
+    return f"{_slug(document)}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}"
+
+
 def _frame(rows: list[dict[str, object]], document: str) -> pd.DataFrame:
-    stem = _slug(document)
     counts: dict[str, int] = {}
     for row in rows:
-        key = f"{document}\n{row['section']}\n{row['text']}"
-        base = f"{stem}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}"
+        base = segment_id(document, str(row["section"]), str(row["text"]))
         counts[base] = counts.get(base, 0) + 1
         row["segment_id"] = base if counts[base] == 1 else f"{base}-{counts[base]}"
         row["document"] = document

@@ -1,0 +1,204 @@
+"""``qualcode label`` and ``qualcode review``: click skins over :mod:`qualcode.label` and
+:mod:`qualcode.review` (registered in :mod:`qualcode.cli`). No logic lives here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["apply", "label", "review"]
+
+_path = click.Path(path_type=Path)
+
+
+@click.command()
+@click.argument("source", type=_path, metavar="SEGMENTS")
+@click.option("--codebook", required=True, type=_path, help="The codebook YAML.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=_path,
+    help="labels.csv (labelling, --import) or to_label.xlsx (--template).",
+)
+@click.option("--coder", default=None, help="Name stored with each answer (default: login name).")
+@click.option("--multi-label", is_flag=True, help="Allow several themes per segment.")
+@click.option(
+    "--order",
+    type=click.Choice(["active", "file"]),
+    default="active",
+    show_default=True,
+    help="active: least certain, diverse segments first.",
+)
+@click.option(
+    "--retrain-every",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Retrain the suggestion model after this many answers.",
+)
+@click.option(
+    "--encoder",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="Sentence encoder for suggestions (default: bundled e5-small).",
+)
+@click.option(
+    "--template",
+    "mode",
+    flag_value="template",
+    help="Write an XLSX to label in Excel (theme drop-down) instead.",
+)
+@click.option(
+    "--import",
+    "mode",
+    flag_value="import",
+    help="SEGMENTS is a filled-in XLSX template: merge its labels into -o.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def label(source, codebook, output, coder, multi_label, order, retrain_every, encoder, mode, quiet):
+    """Label SEGMENTS (from `qualcode segment`) with themes, interactively in the terminal.
+
+    Keys: Enter accepts the suggestion, 1-9 pick themes, s skip, u undo, ? help, q quit. Every
+    answer is saved at once; run the same command again to resume.
+
+    \b
+    Spreadsheet alternative:
+      qualcode label --template SEGMENTS.csv --codebook C.yaml -o to_label.xlsx
+      qualcode label --import to_label.xlsx --codebook C.yaml -o labels.csv
+    """
+    from qualcode.codebook import load_codebook
+    from qualcode.label import Labeller, import_template, read_segments, write_template
+
+    book = load_codebook(codebook)
+    if mode == "template":
+        segments = read_segments(source)
+        write_template(segments, book, output, multi_label=multi_label)
+        click.echo(
+            f"{len(segments)} segments to label → {output} (choose themes in column "
+            "'theme'; descriptions on sheet 'themes')",
+            err=True,
+        )
+        return
+    if mode == "import":
+        done = import_template(source, book, output, coder=coder)
+        backup = f"; previous labels backed up to {done.backup}" if done.backup else ""
+        click.echo(
+            f"{done.imported} labels imported ({done.replaced} replaced, {done.blank} "
+            f"rows without a theme left out) → {output}{backup}",
+            err=True,
+        )
+        return
+    result = Labeller(
+        read_segments(source),
+        book,
+        output,
+        coder=coder,
+        multi_label=multi_label,
+        order=order,
+        retrain_every=retrain_every,
+        encoder=encoder,
+        progress=not quiet,
+    ).run()
+    per_theme = ", ".join(f"{t} {n}" for t, n in result.per_theme.items() if n)
+    click.echo(
+        f"{result.answered} answered, {result.skipped} skipped, {result.undone} undone "
+        f"this session; {result.labelled}/{result.total} segments labelled"
+        f"{' (' + per_theme + ')' if per_theme else ''} → {output}",
+        err=True,
+    )
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--labels",
+    "labels",
+    multiple=True,
+    type=_path,
+    help="A labels file; repeat for several coders.",
+)
+@click.option("--predictions", default=None, type=_path, help="predictions.csv from classify.")
+@click.option("--codebook", default=None, type=_path, help="The codebook YAML.")
+@click.option("-o", "--output", default=None, type=_path, help="review.csv to write.")
+@click.option(
+    "--label-errors/--no-label-errors",
+    default=True,
+    show_default=True,
+    help="Look for likely label errors by cross-validation (with --predictions or a single coder).",
+)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option(
+    "--encoder",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="Encoder for the label-error check (default: bundled e5-small).",
+)
+@click.option("--excel", is_flag=True, help="Write UTF-8 with BOM and ';' for Swedish Excel.")
+@click.option("--quiet", "-q", is_flag=True, help="Print no agreement table.")
+@click.pass_context
+def review(ctx, labels, predictions, codebook, output, label_errors, folds, encoder, excel, quiet):
+    """Export the rows to review to a CSV: model vs coder, likely label errors, flagged
+    segments (with --predictions) and coder vs coder (with several coders).
+
+    \b
+      qualcode review --predictions predictions.csv --labels labels.csv \\
+                      --codebook C.yaml -o review.csv
+      qualcode review --labels anna.csv --labels bo.csv --codebook C.yaml -o review.csv
+      qualcode review apply review.csv --labels labels.csv --codebook C.yaml
+
+    Fill in `resolved_theme` (and `note`) in review.csv, then run `review apply`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [
+        name
+        for name, value in (("--labels", labels), ("--codebook", codebook), ("-o/--output", output))
+        if not value
+    ]
+    if missing:
+        raise click.UsageError(f"missing option(s) {', '.join(missing)}", ctx)
+    from qualcode.codebook import load_codebook
+    from qualcode.review import build_review, write_review
+
+    result = build_review(
+        list(labels),
+        load_codebook(codebook),
+        predictions=predictions,
+        label_errors=label_errors,
+        folds=folds,
+        encoder=encoder,
+    )
+    write_review(result.table, output, excel=excel)
+    if result.agreement is not None and not quiet:
+        click.echo(f"Agreement between {len(result.coders)} coders ({', '.join(result.coders)}):")
+        click.echo(result.agreement.to_string(index=False))
+    for line in result.messages:
+        click.echo(line, err=True)
+    counts = result.table["disagreement"].value_counts()
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items()) or "no disagreements"
+    click.echo(f"{len(result.table)} rows to review ({summary}) → {output}", err=True)
+
+
+@review.command("apply")
+@click.argument("review_file", type=_path, metavar="REVIEW")
+@click.option("--labels", required=True, type=_path, help="The labels file to update.")
+@click.option("--codebook", required=True, type=_path, help="The codebook YAML.")
+@click.option("--coder", default=None, help="Who resolved the rows (default: login name).")
+def apply(review_file, labels, codebook, coder):
+    """Write the resolved themes of REVIEW back to a labels file (backup + audit log)."""
+    from qualcode.codebook import load_codebook
+    from qualcode.review import apply_review
+
+    result = apply_review(review_file, labels, load_codebook(codebook), coder=coder)
+    if not result.changed and not result.added:
+        click.echo(
+            f"nothing to write: {result.unchanged} resolved row(s) already match {labels}", err=True
+        )
+        return
+    click.echo(
+        f"{result.changed} label(s) changed, {result.added} added, {result.unchanged} "
+        f"already as resolved → {labels}; backup {result.backup}; audit log "
+        f"{result.audit}",
+        err=True,
+    )

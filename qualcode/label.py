@@ -1,0 +1,954 @@
+"""Labelling a seed set: an interactive terminal labeller and an Excel (XLSX) alternative.
+
+Labels CSV contract (:data:`LABEL_COLUMNS`, written by the labeller and by ``--import``)::
+
+    segment_id   id from the segments file (``qualcode segment``)
+    document     source document
+    section      heading the segment stands under
+    text         the segment text (what ``qualcode train`` learns from)
+    theme        theme id(s), several separated by ";" with the dominant one first;
+                 empty = the coder skipped the segment (``qualcode train`` ignores such rows)
+    coder        who labelled it
+    labelled_at  ISO 8601 time of the answer
+
+The labeller appends one row per answer and fsyncs it at once, so killing the process loses at
+most the answer being typed. The file is append-only except for undo, which rewrites it
+atomically without the coder's last row. For a (segment, coder) pair the last row counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import io
+import re
+import shutil
+import textwrap
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import numpy as np
+import pandas as pd
+
+from qualcode.errors import QualcodeError
+from qualcode.tables import (
+    append_row_durably,
+    atomic_write_bytes,
+    atomic_write_text,
+    backup_file,
+    read_table,
+    spreadsheet_rows,
+    write_table,
+)
+
+if TYPE_CHECKING:
+    from qualcode.codebook import Codebook
+
+__all__ = [
+    "LABEL_COLUMNS",
+    "LabelStore",
+    "Labeller",
+    "import_template",
+    "pick_diverse",
+    "read_labels_table",
+    "read_segments",
+    "uncertainty",
+    "write_template",
+]
+
+LABEL_COLUMNS = ("segment_id", "document", "section", "text", "theme", "coder", "labelled_at")
+MIN_LABELS_PER_THEME = 2  # zero-shot suggestions until every theme has this many labels ...
+COLD_START_ANSWERS_PER_THEME = 4  # ... or the coder gave this many answers per theme
+UNCERTAIN_POOL = 10  # choose the next segment among this many least certain ones
+RECENT = 10  # ... as far as possible from the last RECENT segments asked
+TEMPLATE_SHEET, THEMES_SHEET = "segments", "themes"
+_FORMULA_CHARS = ("=", "+", "-", "@")
+
+
+def default_coder() -> str:
+    """The login name, used when no ``--coder`` is given."""
+    try:
+        return getpass.getuser() or "coder"
+    except Exception:  # noqa: BLE001 - no login name (containers): any fixed name will do
+        return "coder"
+
+
+def now() -> str:
+    """Local time with UTC offset, to the second (``labelled_at``)."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_segments(path: str | Path) -> pd.DataFrame:
+    """Read a segments table (``segment_id`` and ``text`` required; ``document``, ``section``
+    optional); rows with empty text are dropped and duplicate ids refused."""
+    path = Path(path)
+    table = read_table(path, required=("segment_id", "text"), what="segments file")
+    for column in ("document", "section"):
+        if column not in table.columns:
+            table[column] = ""
+    ids = table["segment_id"].str.strip()
+    rows = spreadsheet_rows(table)
+    empty_ids = [r for r, i, t in zip(rows, ids, table["text"]) if not i and t.strip()]
+    if empty_ids:
+        raise QualcodeError(
+            f"segments file {path.name!r}: row(s) {_list(empty_ids)} have text "
+            "but no segment_id; create the file with `qualcode segment`."
+        )
+    dupes = ids[ids.duplicated() & (ids != "")]
+    if len(dupes):
+        raise QualcodeError(
+            f"segments file {path.name!r}: segment_id {dupes.iloc[0]!r} occurs "
+            f"more than once ({dupes.nunique()} id(s) repeat); ids must be unique."
+        )
+    table = table.assign(segment_id=ids)
+    table = table[table["text"].str.strip() != ""].reset_index(drop=True)
+    if table.empty:
+        raise QualcodeError(f"segments file {path.name!r} has no segment with text.")
+    return table
+
+
+def _list(values: Sequence[object], limit: int = 10) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _has_rows(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip()) > 1
+
+
+def read_labels_table(path: str | Path, codebook: Codebook | None = None) -> pd.DataFrame:
+    """Read a labels file in the :data:`LABEL_COLUMNS` contract (empty if missing or header-only).
+
+    With ``codebook``, every non-empty ``theme`` is checked (one error lists all unknown themes
+    with their row numbers) and normalised to theme ids.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0 or not _has_rows(path):
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in LABEL_COLUMNS})
+    table = read_table(path, required=LABEL_COLUMNS, what="labels file")
+    if codebook is not None:
+        parsed = codebook.check_themes(
+            table["theme"], what=f"labels file {path.name!r}", rows=spreadsheet_rows(table)
+        )
+        table["theme"] = [";".join(ids) for ids in parsed]
+    return table
+
+
+def latest_answers(labels: pd.DataFrame) -> pd.DataFrame:
+    """The last row per (segment_id, coder): the answers that count."""
+    if labels.empty:
+        return labels
+    return labels.drop_duplicates(["segment_id", "coder"], keep="last")
+
+
+# --------------------------------------------------------------------------- the labels file
+
+
+def _unneutralise(value: str) -> str:
+    return value[1:] if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_CHARS else value
+
+
+class LabelStore:
+    """The labels CSV of one coder's session: durable appends, atomic undo, a session lock.
+
+    Use as a context manager; a second session on the same file is refused while the first
+    runs (the lock is released by the OS even if the process is killed).
+    """
+
+    def __init__(self, path: str | Path, coder: str, codebook: Codebook | None = None):
+        self.path = Path(path)
+        self.coder = coder
+        self.codebook = codebook
+        self.repaired: Path | None = None
+        self._lock: Any = None
+
+    def __enter__(self) -> LabelStore:
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path.with_name(f".{self.path.name}.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise QualcodeError(
+                f"another `qualcode label` session is writing {self.path.name!r}; "
+                "finish it first (or write to another file)."
+            ) from None
+        self._lock = lock
+        try:
+            self._check_header()
+            self.repaired = self._repair_tail()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _repair_tail(self) -> Path | None:
+        """Cut off a row torn by a crash in the middle of a write (after backing the file up);
+        return the backup's path if there was one."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        data = self.path.read_bytes()
+        end = 0
+        lines = iter(data.splitlines(keepends=True))
+
+        def feed():
+            nonlocal end
+            for line in lines:
+                end += len(line)
+                yield line.decode("utf-8-sig" if end == len(line) else "utf-8", "replace")
+
+        ends: list[tuple[int, bool]] = []  # where each record ends, and whether it is whole
+        try:
+            for record in csv.reader(feed()):
+                whole = data[end - 1 : end] == b"\n" and len(record) in (0, len(LABEL_COLUMNS))
+                ends.append((end, whole))
+        except csv.Error:
+            return None  # not a torn row: leave it to the reader's clear error
+        if not ends or ends[-1][1]:
+            return None
+        good = ends[-2][0] if len(ends) > 1 else 0
+        backup = backup_file(self.path)
+        atomic_write_bytes(self.path, data[:good])
+        return backup
+
+    def _check_header(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb") as handle:
+            first = handle.readline().decode("utf-8-sig", errors="replace")
+        header = [_unneutralise(h.strip()) for h in next(csv.reader([first]), [])]
+        if header != list(LABEL_COLUMNS):
+            raise QualcodeError(
+                f"{self.path.name!r} exists but is not a labels file of `qualcode label` (columns "
+                f"{', '.join(header) or 'none'}; expected {', '.join(LABEL_COLUMNS)}); choose "
+                "another -o file, or use `qualcode label --import` to merge a spreadsheet."
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def read(self) -> pd.DataFrame:
+        """All rows of the file (themes checked against the codebook when one was given)."""
+        return read_labels_table(self.path, self.codebook)
+
+    def append(self, segment: Mapping[str, Any], themes: Sequence[str]) -> dict[str, str]:
+        """Append the answer ``themes`` (empty = skipped) for ``segment`` and fsync it."""
+        row = {
+            "segment_id": str(segment["segment_id"]),
+            "document": str(segment.get("document", "")),
+            "section": str(segment.get("section", "")),
+            "text": str(segment["text"]),
+            "theme": ";".join(themes),
+            "coder": self.coder,
+            "labelled_at": now(),
+        }
+        append_row_durably(self.path, LABEL_COLUMNS, row)
+        return row
+
+    def undo(self) -> str | None:
+        """Remove this coder's last row (atomic rewrite); return its segment_id, or None."""
+        if not self.path.exists():
+            return None
+        text = self.path.read_bytes().decode("utf-8-sig")
+        records = list(csv.reader(io.StringIO(text)))
+        if len(records) < 2:
+            return None
+        header = [_unneutralise(h) for h in records[0]]
+        if header != list(LABEL_COLUMNS):
+            raise QualcodeError(
+                f"{self.path.name!r} is not a labels file written by `qualcode label`; cannot undo."
+            )
+        coder_at, id_at = header.index("coder"), header.index("segment_id")
+        for i in range(len(records) - 1, 0, -1):
+            record = records[i]
+            if len(record) > coder_at and _unneutralise(record[coder_at]) == self.coder:
+                del records[i]
+                buffer = io.StringIO()
+                csv.writer(buffer, lineterminator="\n").writerows(
+                    r for r in records if any(c.strip() for c in r)
+                )
+                atomic_write_text(self.path, buffer.getvalue())
+                return _unneutralise(record[id_at])
+        return None
+
+
+# --------------------------------------------------------------------------- choosing segments
+
+
+def uncertainty(proba: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+    """Margin per row (smaller = less certain): top-1 minus top-2 probability; for multi-label
+    models, twice the distance of the most undecided theme from 0.5."""
+    if multi_label:
+        return 2 * np.abs(proba - 0.5).min(axis=1)
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def pick_diverse(
+    candidates: Sequence[int],
+    features: np.ndarray,
+    recent: Sequence[int],
+    pool: int = UNCERTAIN_POOL,
+) -> int:
+    """Among the first ``pool`` ``candidates`` (best first), the one least similar to the
+    ``recent`` ones (cosine, features L2-normalised); ties go to the better candidate."""
+    if not candidates:
+        raise ValueError("no candidates")
+    head = list(candidates[:pool])
+    if not recent or len(head) == 1:
+        return head[0]
+    similarity = features[head] @ features[list(recent)].T
+    return head[int(np.argmin(similarity.max(axis=1)))]
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1, norms)
+
+
+@dataclass
+class _Trained:
+    proba: np.ndarray  # over all segments, columns = codebook ids
+    labels: int
+    macro_f1: float | None
+
+
+class BackgroundTrainer:
+    """Retrains a :class:`~qualcode.classifier.ThemeClassifier` in a daemon thread.
+
+    ``request(texts, themes)`` starts a fit (or queues the newest data if one is running);
+    ``latest()`` returns the newest predictions over ``features`` once a fit has finished.
+    """
+
+    def __init__(
+        self,
+        codebook: Codebook,
+        features: np.ndarray,
+        *,
+        encoder: str | None = None,
+        multi_label: bool = False,
+    ):
+        self.codebook = codebook
+        self.encoder = encoder
+        self.features = features
+        self.multi_label = multi_label
+        self._lock = threading.Lock()
+        self._pending: tuple[list[str], list[Any]] | None = None
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._latest: _Trained | None = None
+        self.error: str | None = None
+
+    def request(self, texts: list[str], themes: list[list[str]]) -> None:
+        y: list[Any] = themes if self.multi_label else [t[0] for t in themes]
+        with self._lock:
+            self._pending = (texts, y)
+            if not self._running:
+                self._running = True
+                self._thread = threading.Thread(
+                    target=self._run, name="qualcode-retrain", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        from qualcode.classifier import ThemeClassifier
+
+        while True:
+            with self._lock:
+                job, self._pending = self._pending, None
+                if job is None:
+                    self._running = False
+                    return
+            texts, y = job
+            try:
+                # Every text was embedded up front, so this fit reads the embedding cache only.
+                clf = ThemeClassifier(
+                    encoder=self.encoder, codebook=self.codebook, multi_label=self.multi_label
+                )
+                clf.fit(texts, y)
+                proba = clf.proba_from_features(self.features)
+                scores = getattr(clf, "cv_scores_", {})
+                trained = _Trained(proba, len(texts), max(scores.values()) if scores else None)
+            except Exception as err:  # noqa: BLE001 - keep labelling with older suggestions
+                self.error = f"{type(err).__name__}: {err}"
+                continue
+            with self._lock:
+                self._latest = trained
+
+    def latest(self) -> _Trained | None:
+        with self._lock:
+            return self._latest
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current fit (if any) is done: for tests and scripted sessions."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+# --------------------------------------------------------------------------- the session
+
+
+@dataclass
+class SessionResult:
+    """What a labelling session did."""
+
+    answered: int = 0
+    skipped: int = 0
+    undone: int = 0
+    labelled: int = 0  # segments of the segments file labelled by this coder, in total
+    total: int = 0
+    finished: bool = False  # every segment answered
+    per_theme: dict[str, int] = field(default_factory=dict)
+
+
+_HELP = """\
+Keys (then Enter):
+  Enter        accept the suggestion shown in [brackets]
+  1 … {n}       pick a theme by number{multi}; a theme id or label works too
+  s            skip this segment (asked again after all others, in a later session)
+  u            undo the last answer (it is removed from the labels file)
+  ?            this help and the theme descriptions
+  q            quit (every answer is already saved; run the same command to resume)"""
+
+
+class Labeller:
+    """An interactive, line-based labelling session (plain terminal: no curses, no mouse).
+
+    Parameters
+    ----------
+    segments : table from :func:`read_segments`.
+    codebook : the themes to choose from.
+    output : labels CSV (:data:`LABEL_COLUMNS`); appended to, and resumed from.
+    coder : name stored with every answer; answers by other coders are used for suggestions but
+        their segments are still asked.
+    order : ``"active"`` (uncertain and diverse segments first) or ``"file"``.
+    retrain_every : retrain the suggestion model after this many answers.
+    ask, echo : line input and output (default: ``input`` and ``click.echo``).
+    """
+
+    def __init__(
+        self,
+        segments: pd.DataFrame,
+        codebook: Codebook,
+        output: str | Path,
+        *,
+        coder: str | None = None,
+        multi_label: bool = False,
+        order: str = "active",
+        retrain_every: int = 5,
+        encoder: str | None = None,
+        ask: Callable[[str], str] | None = None,
+        echo: Callable[[str], None] | None = None,
+        progress: bool = True,
+    ):
+        if order not in ("active", "file"):
+            raise QualcodeError(f"order must be 'active' or 'file', not {order!r}")
+        if retrain_every < 1:
+            raise QualcodeError("--retrain-every must be at least 1")
+        if encoder == "tfidf":
+            raise QualcodeError(
+                "the labeller needs a sentence encoder for its suggestions; "
+                "use the default encoder or a sentence-transformers model."
+            )
+        self.segments = segments.reset_index(drop=True)
+        self.codebook = codebook
+        self.store = LabelStore(output, coder or default_coder(), codebook)
+        self.multi_label = multi_label
+        self.order = order
+        self.retrain_every = retrain_every
+        self.encoder = encoder
+        self.ask = ask or input
+        self.echo = echo or click.echo
+        self.progress = progress
+        self.ids = list(codebook.ids)
+        self.index = {sid: i for i, sid in enumerate(self.segments["segment_id"])}
+        self._neighbours = self._neighbour_index()
+
+    # ------------------------------------------------------------------ setup
+    def _neighbour_index(self) -> list[tuple[int | None, int | None]]:
+        docs = self.segments["document"].tolist()
+        out: list[tuple[int | None, int | None]] = []
+        for i, doc in enumerate(docs):
+            prev = i - 1 if i > 0 and docs[i - 1] == doc else None
+            nxt = i + 1 if i + 1 < len(docs) and docs[i + 1] == doc else None
+            out.append((prev, nxt))
+        return out
+
+    def _prepare(self, labels: pd.DataFrame) -> None:
+        from qualcode.classifier import get_encoder, prototype_texts, zero_shot_proba
+        from qualcode.encoders import embed
+
+        self.echo(click.style("loading the encoder and embedding the segments …", dim=True))
+        model = get_encoder(self.encoder)
+        texts = self.segments["text"].tolist()
+        known = set(texts)
+        extra = [t for t in labels["text"].tolist() if t not in known]
+        everything = list(dict.fromkeys(texts + extra + prototype_texts(self.codebook)[0]))
+        vectors = embed(everything, model, progress=self.progress)
+        lookup = dict(zip(everything, vectors))
+        self.features = _normalised(np.stack([lookup[t] for t in texts]))
+        self.zero_shot = zero_shot_proba(texts, self.codebook, encoder=self.encoder)
+        self.trainer = BackgroundTrainer(
+            self.codebook, self.features, encoder=self.encoder, multi_label=self.multi_label
+        )
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> None:
+        """Re-read the labels file: this coder's answers and all training labels."""
+        labels = latest_answers(self.store.read())
+        mine = labels[labels["coder"] == self.store.coder]
+        self.answers = dict(zip(mine["segment_id"], mine["theme"]))
+        labelled = labels[labels["theme"] != ""]
+        self.training = list(zip(labelled["text"], labelled["theme"].str.split(";")))
+        counts = dict.fromkeys(self.ids, 0)
+        for themes in labelled["theme"]:
+            for t in themes.split(";"):
+                counts[t] = counts.get(t, 0) + 1
+        self.counts = counts
+        mine_in_file = [t for s, t in self.answers.items() if s in self.index and t]
+        self.mine_per_theme = dict.fromkeys(self.ids, 0)
+        for themes in mine_in_file:
+            for t in themes.split(";"):
+                self.mine_per_theme[t] = self.mine_per_theme.get(t, 0) + 1
+        self.labelled = len(mine_in_file)
+
+    def _cold(self) -> bool:
+        lacking = any(self.counts.get(t, 0) < MIN_LABELS_PER_THEME for t in self.ids)
+        limit = COLD_START_ANSWERS_PER_THEME * len(self.ids)
+        return lacking and len(self.training) < limit
+
+    def _proba(self) -> tuple[np.ndarray, str]:
+        trained = None if self._cold() else self.trainer.latest()
+        if trained is None:
+            return self.zero_shot, "zero-shot"
+        return trained.proba, f"model, {trained.labels} labels"
+
+    def _maybe_retrain(self, force: bool = False) -> None:
+        if self._cold() or not self.training:
+            return
+        if force or self._since_retrain >= self.retrain_every or self.trainer.latest() is None:
+            self._since_retrain = 0
+            texts = [t for t, _ in self.training]
+            themes = [list(ts) for _, ts in self.training]
+            self.trainer.request(texts, themes)
+
+    # ------------------------------------------------------------------ ordering
+    def _next(self) -> int | None:
+        if self._forced:
+            return self.index[self._forced.pop()]
+        fresh = [
+            i
+            for i, sid in enumerate(self.segments["segment_id"])
+            if sid not in self.answers and i not in self._asked
+        ]
+        skipped = [
+            i
+            for i, sid in enumerate(self.segments["segment_id"])
+            if self.answers.get(sid) == "" and i not in self._asked
+        ]
+        candidates = fresh or skipped
+        if not candidates:
+            return None
+        if self.order == "file":
+            return candidates[0]
+        if self._cold():
+            under = [t for t in self.ids if self.counts.get(t, 0) < MIN_LABELS_PER_THEME]
+            target = self.ids.index(under[len(self._recent) % len(under)])
+            ranked = sorted(candidates, key=lambda i: -self.zero_shot[i, target])
+        else:
+            proba, _ = self._proba()
+            margin = uncertainty(proba, multi_label=self.multi_label)
+            ranked = sorted(candidates, key=lambda i: margin[i])
+        return pick_diverse(ranked, self.features, self._recent[-RECENT:])
+
+    def _suggest(self, i: int) -> tuple[list[str], float, str]:
+        proba, source = self._proba()
+        row = proba[i]
+        top = int(row.argmax())
+        themes = [self.ids[top]]
+        if self.multi_label and source != "zero-shot":
+            themes = [self.ids[j] for j in np.argsort(-row) if row[j] >= 0.5] or themes
+        return themes, float(row[top]), source
+
+    # ------------------------------------------------------------------ display
+    def _width(self) -> int:
+        return max(40, min(shutil.get_terminal_size((100, 24)).columns, 110))
+
+    def _show(self, i: int, suggestion: list[str], confidence: float, source: str) -> None:
+        seg = self.segments.iloc[i]
+        width = self._width()
+        total = len(self.segments)
+        where = " › ".join(p for p in (str(seg["document"]), str(seg["section"])) if p)
+        start, end = str(seg.get("line_start", "")), str(seg.get("line_end", ""))
+        if where and start:
+            where += f"  (line {start})" if end in ("", start) else f"  (lines {start}–{end})"
+        self.echo("")
+        self.echo(
+            click.style(
+                f"── {self.labelled}/{total} labelled by {self.store.coder} "
+                f"── {seg['segment_id']} ",
+                bold=True,
+            )
+            + "─" * max(0, width - 30 - len(str(seg["segment_id"])))
+        )
+        if where:
+            self.echo(click.style(where, fg="cyan"))
+        prev, nxt = self._neighbours[i]
+        short = width - 6
+        if prev is not None:
+            self.echo(
+                click.style(
+                    "  ↑ "
+                    + textwrap.shorten(self.segments.at[prev, "text"], short, placeholder=" …"),
+                    dim=True,
+                )
+            )
+        for line in textwrap.wrap(str(seg["text"]), width - 4) or [""]:
+            self.echo(click.style("  ▌ " + line, bold=True))
+        if nxt is not None:
+            self.echo(
+                click.style(
+                    "  ↓ "
+                    + textwrap.shorten(self.segments.at[nxt, "text"], short, placeholder=" …"),
+                    dim=True,
+                )
+            )
+        self.echo("")
+        for n, theme in enumerate(self.codebook.themes, start=1):
+            mark = "*" if theme.id in suggestion else " "
+            count = self.mine_per_theme.get(theme.id, 0)
+            line = f" {mark}{n:>2}  {theme.id:<24} {theme.label}"
+            self.echo(line[: width - 6] + click.style(f"  ({count})", dim=True))
+        keys = f"1-{len(self.ids)}" + (" (several: 1 3)" if self.multi_label else "")
+        default = " ".join(str(self.ids.index(t) + 1) for t in suggestion)
+        self.echo(
+            click.style(
+                f"suggested: {', '.join(suggestion)} ({confidence:.2f}, {source})"
+                f" · {keys}, s skip, u undo, ? help, q quit",
+                dim=True,
+            )
+        )
+        self._prompt = f"Theme [{default}]: "
+
+    def _help(self) -> None:
+        n = len(self.ids)
+        multi = " (several allowed: 1 3)" if self.multi_label else ""
+        self.echo(_HELP.format(n=n, multi=multi))
+        width = self._width()
+        for k, theme in enumerate(self.codebook.themes, start=1):
+            self.echo(click.style(f"{k:>2} {theme.id} – {theme.label}", bold=True))
+            self.echo(
+                textwrap.fill(
+                    theme.description, width - 5, initial_indent="     ", subsequent_indent="     "
+                )
+            )
+
+    # ------------------------------------------------------------------ input
+    def parse(self, answer: str, suggestion: Sequence[str]) -> list[str] | str:
+        """Themes for a typed answer, a command (``s u ? q``), or an error message (str
+        starting with ``!``)."""
+        answer = answer.strip()
+        if not answer:
+            return list(suggestion)
+        if answer.lower() in ("s", "u", "?", "h", "q"):
+            return "?" if answer.lower() == "h" else answer.lower()
+        themes: list[str] = []
+        for part in (p.strip() for p in re.split(r"[,;]", answer)):
+            if not part:
+                continue
+            try:
+                picked = [self.codebook.resolve(part)]  # an id or a label (may hold spaces)
+            except QualcodeError:
+                picked = []
+                for token in part.split():
+                    if not token.isdigit():
+                        return f"! {part!r} is neither a theme number nor a theme; type ? for help"
+                    number = int(token)
+                    if not 1 <= number <= len(self.ids):
+                        return f"! no theme number {number}; use 1-{len(self.ids)}"
+                    picked.append(self.ids[number - 1])
+            themes += [t for t in picked if t not in themes]
+        if len(themes) > 1 and not self.multi_label:
+            return "! one theme per segment (start with --multi-label to allow several)"
+        return themes
+
+    def _read(self) -> str | None:
+        try:
+            return self.ask(self._prompt)
+        except (EOFError, KeyboardInterrupt):
+            self.echo("")
+            return None
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> SessionResult:
+        """Label until every segment is answered or the coder quits."""
+        result = SessionResult(total=len(self.segments))
+        with self.store:
+            if self.store.repaired:
+                self.echo(
+                    click.style(
+                        f"removed a row torn by a crash from the end of "
+                        f"{self.store.path.name} (backup: "
+                        f"{self.store.repaired.name})",
+                        fg="yellow",
+                    )
+                )
+            self._state()
+            self._prepare(self.store.read())
+            self._forced: list[str] = []
+            self._asked: set[int] = set()
+            self._recent: list[int] = []
+            self._since_retrain = 0
+            self._maybe_retrain(force=True)
+            shown_model: int | None = None
+            shown_error: str | None = None
+            done = False
+            while not done:
+                i = self._next()
+                if i is None:
+                    result.finished = True
+                    self.echo(click.style("every segment has an answer — done.", fg="green"))
+                    break
+                if self.trainer.error and self.trainer.error != shown_error:
+                    shown_error = self.trainer.error
+                    self.echo(
+                        click.style(
+                            f"could not retrain the suggestion model "
+                            f"({shown_error}); keeping the previous suggestions",
+                            fg="yellow",
+                        )
+                    )
+                trained = self.trainer.latest()
+                if trained is not None and not self._cold() and trained.labels != shown_model:
+                    shown_model = trained.labels
+                    f1 = "" if trained.macro_f1 is None else f", CV macro-F1 {trained.macro_f1:.2f}"
+                    self.echo(
+                        click.style(
+                            f"suggestions now from a model trained on {trained.labels} labels{f1}",
+                            dim=True,
+                        )
+                    )
+                suggestion, confidence, source = self._suggest(i)
+                self._show(i, suggestion, confidence, source)
+                while True:
+                    typed = self._read()
+                    if typed is None:
+                        done = True
+                        break
+                    answer = self.parse(typed, suggestion)
+                    if answer == "q":
+                        done = True
+                        break
+                    if answer == "?":
+                        self._help()
+                        continue
+                    if isinstance(answer, str) and answer.startswith("!"):
+                        self.echo(click.style(answer[2:], fg="red"))
+                        continue
+                    if answer == "u":
+                        undone = self.store.undo()
+                        if undone is None:
+                            self.echo(click.style("nothing to undo", fg="red"))
+                            continue
+                        result.undone += 1
+                        self.echo(click.style(f"undone: {undone}", fg="yellow"))
+                        self._asked.discard(self.index.get(undone, -1))
+                        self._forced.append(str(self.segments.at[i, "segment_id"]))
+                        if undone in self.index:
+                            self._forced.append(undone)  # asked first, then this one again
+                        break
+                    themes = [] if answer == "s" else list(answer)
+                    self.store.append(self.segments.iloc[i], themes)
+                    self._asked.add(i)
+                    self._recent.append(i)
+                    if themes:
+                        result.answered += 1
+                        self._since_retrain += 1
+                        self.echo(click.style(f"saved: {';'.join(themes)}", fg="green"))
+                    else:
+                        result.skipped += 1
+                        self.echo(click.style("skipped", fg="yellow"))
+                    break
+                self._state()
+                self._maybe_retrain()
+        result.labelled = self.labelled
+        result.per_theme = dict(self.mine_per_theme)
+        return result
+
+
+# --------------------------------------------------------------------------- XLSX round trip
+
+
+def _autosize(sheet: Any, widths: Mapping[str, int]) -> None:
+    for letter, width in widths.items():
+        sheet.column_dimensions[letter].width = width
+
+
+def template_bytes(
+    segments: pd.DataFrame, codebook: Codebook, *, multi_label: bool = False
+) -> bytes:
+    """An XLSX workbook: sheet ``segments`` (segment_id, document, section, text, theme) with a
+    drop-down of theme ids in ``theme``, and sheet ``themes`` listing ids, labels and
+    descriptions. With ``multi_label`` the drop-down only warns, so ``a;b`` can be typed."""
+    import openpyxl
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    from openpyxl.styles import Alignment, Font
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    def put(sheet: Any, row: int, col: int, value: str) -> Any:
+        cell = sheet.cell(row=row, column=col)
+        cell.value = ILLEGAL_CHARACTERS_RE.sub("", str(value))
+        cell.data_type = "s"  # text, never a formula
+        return cell
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = TEMPLATE_SHEET
+    columns = ["segment_id", "document", "section", "text", "theme"]
+    for c, name in enumerate(columns, start=1):
+        put(sheet, 1, c, name).font = Font(bold=True)
+    wrap = Alignment(wrap_text=True, vertical="top")
+    for r, row in enumerate(segments[columns[:4]].itertuples(index=False), start=2):
+        for c, value in enumerate(row, start=1):
+            put(sheet, r, c, value).alignment = wrap
+    sheet.freeze_panes = "A2"
+    _autosize(sheet, {"A": 22, "B": 18, "C": 24, "D": 80, "E": 26})
+
+    themes = book.create_sheet(THEMES_SHEET)
+    for c, name in enumerate(["id", "label", "label_en", "description"], start=1):
+        put(themes, 1, c, name).font = Font(bold=True)
+    for r, theme in enumerate(codebook.themes, start=2):
+        for c, value in enumerate(
+            [theme.id, theme.label, theme.label_en, theme.description], start=1
+        ):
+            put(themes, r, c, value).alignment = wrap
+    _autosize(themes, {"A": 26, "B": 36, "C": 30, "D": 90})
+
+    last = len(codebook.themes) + 1
+    validation = DataValidation(
+        type="list",
+        formula1=f"={THEMES_SHEET}!$A$2:$A${last}",
+        allow_blank=True,
+        showErrorMessage=True,
+        errorStyle="warning" if multi_label else "stop",
+        errorTitle="Unknown theme",
+        error="Choose a theme id from the list (see the 'themes' sheet)."
+        + (" Several themes: separate them with ';'." if multi_label else ""),
+        promptTitle="Theme",
+        prompt="Pick a theme id; descriptions are on the 'themes' sheet.",
+        showInputMessage=True,
+    )
+    sheet.add_data_validation(validation)
+    validation.add(f"E2:E{max(2, len(segments) + 1)}")
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
+
+
+def write_template(
+    segments: pd.DataFrame, codebook: Codebook, output: str | Path, *, multi_label: bool = False
+) -> Path:
+    """Write the XLSX labelling template (see :func:`template_bytes`) atomically."""
+    output = Path(output)
+    if output.suffix.lower() != ".xlsx":
+        raise QualcodeError(
+            f"the template is an Excel workbook: name it .xlsx, not {output.name!r}"
+        )
+    atomic_write_bytes(output, template_bytes(segments, codebook, multi_label=multi_label))
+    return output
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_template` did."""
+
+    imported: int
+    replaced: int
+    blank: int
+    backup: Path | None
+
+
+def import_template(
+    path: str | Path, codebook: Codebook, output: str | Path, *, coder: str | None = None
+) -> ImportResult:
+    """Read a filled-in template (XLSX, or CSV) and merge its labels into ``output``.
+
+    Rows with an empty ``theme`` are left out. Unknown themes are refused in one error that
+    lists them with their spreadsheet rows. An existing ``output`` is backed up first; its rows
+    for the same (segment_id, coder) are replaced, all others kept.
+    """
+    path, output = Path(path), Path(output)
+    sheet = read_table(path, required=("segment_id", "text", "theme"), what="labelling sheet")
+    rows = spreadsheet_rows(sheet)
+    parsed = codebook.check_themes(sheet["theme"], what=f"{path.name!r} column 'theme'", rows=rows)
+    filled = [i for i, ids in enumerate(parsed) if ids]
+    ids = sheet["segment_id"].str.strip()
+    missing = [rows[i] for i in filled if not ids.iloc[i]]
+    if missing:
+        raise QualcodeError(
+            f"{path.name!r}: row(s) {_list(missing)} have a theme but no "
+            "segment_id; keep the segment_id column as exported."
+        )
+    seen: dict[str, int] = {}
+    for i in filled:
+        if ids.iloc[i] in seen:
+            raise QualcodeError(
+                f"{path.name!r}: segment_id {ids.iloc[i]!r} is labelled twice "
+                f"(rows {seen[ids.iloc[i]]} and {rows[i]}); keep one row."
+            )
+        seen[ids.iloc[i]] = rows[i]
+    stamp = now()
+    default = coder or default_coder()
+    if coder is None and "coder" in sheet.columns:
+        coders = [str(sheet["coder"].iloc[i]).strip() or default for i in filled]
+    else:
+        coders = [default] * len(filled)
+    new = pd.DataFrame(
+        {
+            "segment_id": [ids.iloc[i] for i in filled],
+            "document": [
+                sheet.get("document", pd.Series([""] * len(sheet))).iloc[i] for i in filled
+            ],
+            "section": [sheet.get("section", pd.Series([""] * len(sheet))).iloc[i] for i in filled],
+            "text": [sheet["text"].iloc[i] for i in filled],
+            "theme": [";".join(parsed[i]) for i in filled],
+            "coder": coders,
+            "labelled_at": [stamp] * len(filled),
+        },
+        columns=list(LABEL_COLUMNS),
+        dtype=str,
+    )
+    if new.empty:
+        raise QualcodeError(
+            f"{path.name!r} has no labelled rows (every 'theme' cell is empty); "
+            "fill in the theme column first."
+        )
+    backup = None
+    replaced = 0
+    if output.exists() and output.stat().st_size > 0:
+        old = read_table(output, required=("segment_id", "text", "theme"), what="labels file")
+        for column in LABEL_COLUMNS:
+            if column not in old.columns:
+                old[column] = ""
+        keys = set(zip(new["segment_id"], new["coder"]))
+        stale = [k in keys for k in zip(old["segment_id"], old["coder"])]
+        replaced = int(sum(stale))
+        backup = backup_file(output)
+        merged = pd.concat([old[[not s for s in stale]], new], ignore_index=True)
+    else:
+        merged = new
+    write_table(merged.fillna(""), output)
+    return ImportResult(len(new), replaced, len(sheet) - len(filled), backup)
