@@ -1,0 +1,204 @@
+"""Fine-tuning of the real bundled encoder on a tiny real Swedish labelled set (SIB-200 train)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from .conftest import BENCH
+
+THEMES = ("sports", "health", "travel", "politics")
+CODEBOOK_YAML = """\
+name: sib-mini
+themes:
+  - id: sports
+    label: sport
+    description: idrott, tävlingar, matcher och idrottare
+  - id: health
+    label: hälsa
+    description: sjukdomar, vård, medicin och hälsa
+  - id: travel
+    label: resor
+    description: resor, turism, resmål och att resa utomlands
+  - id: politics
+    label: politik
+    description: politik, val, regeringar och partier
+"""
+
+pytestmark = pytest.mark.skipif(
+    not (BENCH / "train.tsv").exists(), reason="needs ../shared/bench/sib200-swe"
+)
+
+
+def _subset(per_class: int, offset: int = 0) -> pd.DataFrame:
+    table = pd.read_csv(BENCH / "train.tsv", sep="\t")
+    parts = [
+        table[table["category"] == theme].iloc[offset : offset + per_class] for theme in THEMES
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _state_hash(model) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _separation(model, texts: list[str], themes: list[str]) -> float:
+    """Mean cosine of same-theme pairs minus mean cosine of different-theme pairs."""
+    emb = model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    sims = emb @ emb.T
+    labels = np.asarray(themes)
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~np.eye(len(texts), dtype=bool)
+    return float(sims[same & off_diagonal].mean() - sims[~same].mean())
+
+
+@pytest.fixture(scope="module")
+def tiny() -> pd.DataFrame:
+    return _subset(4)
+
+
+FAST = {"steps": 3, "batch_size": 8, "learning_rate": 1e-4, "max_seq_length": 48}
+
+
+@pytest.fixture(scope="module")
+def tuned(encoder, tiny):
+    from qualcode.finetune import finetune_encoder
+
+    before = _state_hash(encoder)
+    model = finetune_encoder(
+        encoder, tiny["text"].tolist(), tiny["category"].tolist(), seed=0, progress=False, **FAST
+    )
+    return model, before
+
+
+def test_same_theme_segments_move_closer(encoder, tiny, tuned):
+    model, _ = tuned
+    texts, themes = tiny["text"].tolist(), tiny["category"].tolist()
+    before, after = _separation(encoder, texts, themes), _separation(model, texts, themes)
+    assert after > before + 0.02, (before, after)
+    # ... and it generalises a little to segments it was not trained on
+    held = _subset(6, offset=4)
+    texts, themes = held["text"].tolist(), held["category"].tolist()
+    assert _separation(model, texts, themes) > _separation(encoder, texts, themes)
+
+
+def test_word_embeddings_frozen_and_base_untouched(encoder, tuned):
+    from qualcode.encoders import encoder_identity
+    from qualcode.finetune import _word_embeddings
+
+    model, before = tuned
+    assert model is not encoder
+    assert torch.equal(_word_embeddings(model).weight, _word_embeddings(encoder).weight)
+    assert _state_hash(encoder) == before  # the cached base encoder was not mutated
+    assert not encoder.training and not model.training
+    assert all(p.requires_grad for p in encoder.parameters())
+    assert model.max_seq_length == encoder.max_seq_length
+    assert encoder_identity(model) != encoder_identity(encoder)
+    # the body did move
+    body = "0.auto_model.encoder.layer.11.output.dense.weight"
+    base_state = encoder.state_dict()
+    if body in base_state:
+        assert not torch.equal(model.state_dict()[body], base_state[body])
+
+
+def test_deterministic_under_seed(encoder, tiny, tuned):
+    from qualcode.finetune import finetune_encoder
+
+    model, _ = tuned
+    texts, themes = tiny["text"].tolist(), tiny["category"].tolist()
+    again = finetune_encoder(encoder, texts, themes, seed=0, progress=False, **FAST)
+    assert _state_hash(again) == _state_hash(model)
+    other = finetune_encoder(encoder, texts, themes, seed=1, progress=False, **FAST)
+    assert _state_hash(other) != _state_hash(model)
+
+
+def test_contrastive_batches_are_balanced_and_reproducible():
+    from qualcode.finetune import contrastive_batches
+
+    themes = ["a"] * 8 + ["b"] * 8 + ["c"] * 8 + ["d"] * 1
+    batches = contrastive_batches(themes, steps=30, batch_size=8, seed=3)
+    assert [b.tolist() for b in batches] == [
+        b.tolist() for b in contrastive_batches(themes, steps=30, batch_size=8, seed=3)
+    ]
+    labels = np.asarray(themes)
+    for batch in batches:
+        present = labels[batch]
+        assert len(set(present)) >= 2  # negatives in every batch
+        assert any((present == t).sum() >= 2 for t in set(present))  # and positives
+    used = np.concatenate(batches)
+    counts = np.bincount(used, minlength=len(themes))[:24]
+    assert counts.max() - counts.min() <= 3  # segments are visited evenly
+
+
+def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch, encoder):
+    """`qualcode train --finetune` -> model dir with the encoder -> load_model reproduces it."""
+    from qualcode import finetune
+    from qualcode.classifier import _ENCODERS
+    from qualcode.classify import classify
+    from qualcode.cli import cli
+    from qualcode.encoders import embed
+    from qualcode.train import load_model
+
+    monkeypatch.setattr(finetune, "DEFAULT_MIN_STEPS", 2)  # keep the test fast
+    monkeypatch.setattr(finetune, "DEFAULT_MAX_STEPS", 2)
+    monkeypatch.setattr(finetune, "DEFAULT_MAX_SEQ_LENGTH", 48)
+    labels = _subset(4)[["text", "category"]].rename(columns={"category": "theme"})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "codebook.yaml").write_text(CODEBOOK_YAML, encoding="utf-8")
+    before = _state_hash(encoder)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(tmp_path / "labels.csv"),
+            "--codebook",
+            str(tmp_path / "codebook.yaml"),
+            "-o",
+            str(tmp_path / "model"),
+            "--finetune",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model" / "encoder" / "model.safetensors").exists()
+    assert _state_hash(encoder) == before
+
+    new = _subset(3, offset=10)
+    texts = new["text"].tolist()
+    in_memory = load_model(tmp_path / "model")  # reuses the fine-tuned encoder of this process
+    name = in_memory.classifier.encoder
+    assert name.startswith("finetuned:")
+    tuned = _ENCODERS[name]
+    reference = in_memory.classifier.proba_from_features(embed(texts, tuned, cache=False))
+
+    monkeypatch.delitem(_ENCODERS, name)  # force a reload from the model directory
+    reloaded = load_model(tmp_path / "model")
+    fresh = _ENCODERS[reloaded.classifier.encoder]
+    assert fresh is not tuned
+    features = embed(texts, fresh, cache=False, progress=False)
+    np.testing.assert_allclose(
+        reloaded.classifier.proba_from_features(features), reference, atol=1e-5
+    )
+    predictions = classify(reloaded, new[["text"]], progress=False)
+    columns = [f"p_{t}" for t in reloaded.classes_]
+    np.testing.assert_allclose(predictions[columns].to_numpy(float), reference, atol=1e-4)
+    assert (predictions["theme"] == new["category"].to_numpy()).mean() >= 0.5
+
+
+@pytest.mark.parametrize("loss", ["cosine", "cosent", "supcon"])
+def test_pair_losses_prefer_separated_embeddings(loss):
+    from qualcode.finetune import _pair_loss
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    separated = torch.eye(3).repeat_interleave(2, dim=0) + 0.01 * torch.arange(6.0)[:, None]
+    mixed = torch.eye(3)[[0, 1, 2, 0, 1, 2]] + 0.01 * torch.arange(6.0)[:, None]
+    assert _pair_loss(separated, labels, loss) < _pair_loss(mixed, labels, loss)
