@@ -607,25 +607,16 @@ class Labeller:
         if where:
             self.echo(click.style(where, fg="cyan"))
         prev, nxt = self._neighbours[i]
-        short = width - 6
-        if prev is not None:
-            self.echo(
-                click.style(
-                    "  ↑ "
-                    + textwrap.shorten(self.segments.at[prev, "text"], short, placeholder=" …"),
-                    dim=True,
-                )
-            )
+
+        def neighbour(j: int | None, arrow: str) -> None:
+            if j is not None:
+                text = textwrap.shorten(self.segments.at[j, "text"], width - 6, placeholder=" …")
+                self.echo(click.style(f"  {arrow} {text}", dim=True))
+
+        neighbour(prev, "↑")
         for line in textwrap.wrap(str(seg["text"]), width - 4) or [""]:
             self.echo(click.style("  ▌ " + line, bold=True))
-        if nxt is not None:
-            self.echo(
-                click.style(
-                    "  ↓ "
-                    + textwrap.shorten(self.segments.at[nxt, "text"], short, placeholder=" …"),
-                    dim=True,
-                )
-            )
+        neighbour(nxt, "↓")
         self.echo("")
         for n, theme in enumerate(self.codebook.themes, start=1):
             mark = "*" if theme.id in suggestion else " "

@@ -19,6 +19,17 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def error_of(call, *args, **kwargs) -> str:
+    """The QualcodeError message ``call`` raises, checked to be a single line."""
+    from qualcode.errors import QualcodeError
+
+    with pytest.raises(QualcodeError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message, message
+    return message
+
+
 @pytest.fixture(scope="session")
 def encoder():
     """The bundled e5-small, converted once per checkout."""

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from qualcode.codebook import Codebook, Theme, load_codebook, parse_codebook, theme_texts
-from qualcode.errors import QualcodeError
+
+from .conftest import error_of
 
 CODEBOOK = """\
 name: Samverkan region–primärvård–kommun
@@ -57,14 +58,6 @@ def write(tmp_path: Path, text: str, name: str = "codebook.yaml") -> Path:
 @pytest.fixture
 def codebook(tmp_path) -> Codebook:
     return load_codebook(write(tmp_path, CODEBOOK))
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises(QualcodeError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert message and "\n" not in message, message
-    return message
 
 
 def test_load(codebook, tmp_path):

@@ -10,8 +10,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from qualcode.errors import QualcodeError
 from qualcode.segment import SEGMENT_COLUMNS, segment, segment_text, split_sentences
+
+from .conftest import error_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_DIRS = [ROOT / "corpora" / "seeds", ROOT.parent / "shared" / "seeds"]
@@ -40,14 +41,6 @@ def by_text(frame: pd.DataFrame, text: str) -> pd.Series:
     match = frame[frame["text"] == text]
     assert len(match) == 1, f"expected one segment {text!r}, got {len(match)}"
     return match.iloc[0]
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises(QualcodeError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert message and "\n" not in message, message
-    return message
 
 
 # --------------------------------------------------------------------------- seed 001

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from qualcode import tables
-from qualcode.errors import QualcodeError
 from qualcode.tables import (
     append_row_durably,
     atomic_write_bytes,
@@ -26,6 +25,8 @@ from qualcode.tables import (
     write_table,
 )
 
+from .conftest import error_of
+
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
 INJECTION = ["=SUM(A1)", "+46", "-minus", "@x"]
 
@@ -33,14 +34,6 @@ INJECTION = ["=SUM(A1)", "+46", "-minus", "@x"]
 def write(path: Path, data: str | bytes, encoding: str = "utf-8") -> Path:
     path.write_bytes(data if isinstance(data, bytes) else data.encode(encoding))
     return path
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises(QualcodeError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and message, message
-    return message
 
 
 # --------------------------------------------------------------------------- read_table
