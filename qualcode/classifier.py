@@ -41,6 +41,17 @@ def get_encoder(name: str | None) -> SentenceTransformer:
     return _ENCODERS[key]
 
 
+def register_encoder(name: str, model: SentenceTransformer) -> None:
+    """Make an in-memory encoder (e.g. a fine-tuned one) available to ``ThemeClassifier``
+    under ``name``."""
+    _ENCODERS[name] = model
+
+
+def forget_encoder(name: str) -> None:
+    """Drop a registered encoder (frees a fine-tuned model's memory)."""
+    _ENCODERS.pop(name, None)
+
+
 def prototype_texts(codebook: Codebook) -> tuple[list[str], list[str]]:
     """Texts that describe each theme (label + description, examples) and their theme ids."""
     from qualcode.codebook import theme_texts

@@ -32,7 +32,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 import qualcode
-from qualcode.classifier import ThemeClassifier, get_encoder
+from qualcode.classifier import ThemeClassifier, get_encoder, register_encoder
 from qualcode.classify import DEFAULT_TARGET_ACCURACY, ReviewRule, choose_review_rule
 from qualcode.codebook import Codebook, load_codebook
 from qualcode.encoders import (
@@ -263,9 +263,7 @@ def fit_classifier(
             progress=progress,
         )
         encoder_name = f"finetuned:{encoder_identity(finetuned)}"
-        from qualcode.classifier import _ENCODERS
-
-        _ENCODERS[encoder_name] = finetuned
+        register_encoder(encoder_name, finetuned)
     clf = ThemeClassifier(
         encoder=encoder_name,
         codebook=codebook,
@@ -389,14 +387,12 @@ def load_model(directory: str | Path, codebook: Codebook | None = None) -> Theme
         clf.tfidf_ = CharNgramEncoder.from_dict(state)
     else:
         if enc.get("finetuned"):
-            from qualcode.classifier import _ENCODERS
             from qualcode.encoders import load_encoder
 
             clf.encoder = f"finetuned:{enc['identity']}"
-            if clf.encoder not in _ENCODERS:
-                model = load_encoder(directory / "encoder")
-                model._qualcode_identity = enc["identity"]
-                _ENCODERS[clf.encoder] = model
+            model = load_encoder(directory / "encoder")
+            model._qualcode_identity = enc["identity"]
+            register_encoder(clf.encoder, model)
         actual = encoder_identity(get_encoder(clf.encoder))
         if not enc.get("finetuned") and actual != enc["identity"]:
             raise QualcodeError(

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from qualcode.classifier import _ENCODERS  # noqa: E402
+from qualcode.classifier import forget_encoder  # noqa: E402
 from qualcode.classify import classify  # noqa: E402
 from qualcode.codebook import Codebook, parse_codebook  # noqa: E402
 from qualcode.encoders import TFIDF  # noqa: E402
@@ -102,7 +102,7 @@ def run_one(
     predictions = classify(model, evaluation[["text"]], progress=False)
     seconds = time.perf_counter() - start
     if method == "finetune":  # free the fine-tuned encoder (one per run)
-        _ENCODERS.pop(str(clf.encoder), None)
+        forget_encoder(str(clf.encoder))
     return predictions, model, seconds
 
 
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--codebook",
         choices=("names", "none"),
-        default="none",
-        help="'names': a codebook from the category names joins as prototypes/prior",
+        default="names",
+        help="'names' (default): a codebook built from the category names, as `qualcode train` "
+        "always has one; 'none': the labels alone",
     )
     parser.add_argument("--target-accuracy", type=float, default=0.95)
     parser.add_argument(
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             tables.append(pd.DataFrame(review_table(model, evaluation, truth, targets)))
             if args.review_method == "finetune":
-                _ENCODERS.pop(str(model.classifier.encoder), None)
+                forget_encoder(str(model.classifier.encoder))
         table = pd.concat(tables).groupby("target").mean()
         print(
             f"\n## Review flags ({args.review_method}, all training data, mean of "

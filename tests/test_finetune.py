@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -174,16 +175,14 @@ def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch, encod
 
     new = _subset(3, offset=10)
     texts = new["text"].tolist()
-    in_memory = load_model(tmp_path / "model")  # reuses the fine-tuned encoder of this process
-    name = in_memory.classifier.encoder
-    assert name.startswith("finetuned:")
-    tuned = _ENCODERS[name]
-    reference = in_memory.classifier.proba_from_features(embed(texts, tuned, cache=False))
-
-    monkeypatch.delitem(_ENCODERS, name)  # force a reload from the model directory
-    reloaded = load_model(tmp_path / "model")
-    fresh = _ENCODERS[reloaded.classifier.encoder]
+    card = json.loads((tmp_path / "model" / "model.json").read_text())
+    name = f"finetuned:{card['encoder']['identity']}"
+    tuned = _ENCODERS[name]  # the encoder fine-tuned in this process by `train`
+    reloaded = load_model(tmp_path / "model")  # loads the saved encoder from the directory
+    assert reloaded.classifier.encoder == name
+    fresh = _ENCODERS[name]
     assert fresh is not tuned
+    reference = reloaded.classifier.proba_from_features(embed(texts, tuned, cache=False))
     features = embed(texts, fresh, cache=False, progress=False)
     np.testing.assert_allclose(
         reloaded.classifier.proba_from_features(features), reference, atol=1e-5
