@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from qualcode.codebook import CODEBOOK_HELP
+
 __all__ = ["apply", "label", "review"]
 
 _path = click.Path(path_type=Path)
@@ -14,7 +16,7 @@ _path = click.Path(path_type=Path)
 
 @click.command()
 @click.argument("source", type=_path, metavar="SEGMENTS")
-@click.option("--codebook", required=True, type=_path, help="The codebook YAML.")
+@click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
 @click.option(
     "-o",
     "--output",
@@ -68,10 +70,10 @@ def label(source, codebook, output, coder, multi_label, order, retrain_every, en
       qualcode label --template SEGMENTS.csv --codebook C.yaml -o to_label.xlsx
       qualcode label --import to_label.xlsx --codebook C.yaml -o labels.csv
     """
-    from qualcode.codebook import load_codebook
+    from qualcode.codebook import find_codebook
     from qualcode.label import Labeller, import_template, read_segments, write_template
 
-    book = load_codebook(codebook)
+    book = find_codebook(codebook)
     if mode == "template":
         segments = read_segments(source)
         write_template(segments, book, output, multi_label=multi_label)
@@ -119,7 +121,7 @@ def label(source, codebook, output, coder, multi_label, order, retrain_every, en
     help="A labels file; repeat for several coders.",
 )
 @click.option("--predictions", default=None, type=_path, help="predictions.csv from classify.")
-@click.option("--codebook", default=None, type=_path, help="The codebook YAML.")
+@click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
 @click.option("-o", "--output", default=None, type=_path, help="review.csv to write.")
 @click.option(
     "--label-errors/--no-label-errors",
@@ -151,19 +153,15 @@ def review(ctx, labels, predictions, codebook, output, label_errors, folds, enco
     """
     if ctx.invoked_subcommand is not None:
         return
-    missing = [
-        name
-        for name, value in (("--labels", labels), ("--codebook", codebook), ("-o/--output", output))
-        if not value
-    ]
+    missing = [name for name, value in (("--labels", labels), ("-o/--output", output)) if not value]
     if missing:
         raise click.UsageError(f"missing option(s) {', '.join(missing)}", ctx)
-    from qualcode.codebook import load_codebook
+    from qualcode.codebook import find_codebook
     from qualcode.review import build_review, write_review
 
     result = build_review(
         list(labels),
-        load_codebook(codebook),
+        find_codebook(codebook),
         predictions=predictions,
         label_errors=label_errors,
         folds=folds,
@@ -183,14 +181,14 @@ def review(ctx, labels, predictions, codebook, output, label_errors, folds, enco
 @review.command("apply")
 @click.argument("review_file", type=_path, metavar="REVIEW")
 @click.option("--labels", required=True, type=_path, help="The labels file to update.")
-@click.option("--codebook", required=True, type=_path, help="The codebook YAML.")
+@click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
 @click.option("--coder", default=None, help="Who resolved the rows (default: login name).")
 def apply(review_file, labels, codebook, coder):
     """Write the resolved themes of REVIEW back to a labels file (backup + audit log)."""
-    from qualcode.codebook import load_codebook
+    from qualcode.codebook import find_codebook
     from qualcode.review import apply_review
 
-    result = apply_review(review_file, labels, load_codebook(codebook), coder=coder)
+    result = apply_review(review_file, labels, find_codebook(codebook), coder=coder)
     if not result.changed and not result.added:
         click.echo(
             f"nothing to write: {result.unchanged} resolved row(s) already match {labels}", err=True

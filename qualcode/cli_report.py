@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from qualcode.codebook import CODEBOOK_HELP
+
 __all__ = ["report"]
 
 _path = click.Path(path_type=Path)
@@ -15,7 +17,7 @@ _SUMMARY_COLUMNS = ["theme", "label", "segments", "share", "flagged", "unflagged
 
 @click.command("report")
 @click.argument("source", type=_path, metavar="PREDICTIONS_OR_LABELS")
-@click.option("--codebook", required=True, type=_path, help="The codebook YAML.")
+@click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
 @click.option("-o", "--output", required=True, type=_path, help="Report directory (created).")
 @click.option(
     "--by",
@@ -43,11 +45,11 @@ def report(source, codebook, output, by, exemplars, include_flagged, quiet) -> N
     theme_counts.csv, themes.png (and themes_by_<by>.png), report.md, codes.qdpx (REFI-QDA, for
     NVivo, ATLAS.ti, MAXQDA, QualCoder) and coded_segments.xlsx into the output directory.
     """
-    from qualcode.codebook import load_codebook
+    from qualcode.codebook import find_codebook
     from qualcode.report import report as run_report
     from qualcode.tables import read_table
 
-    book = load_codebook(codebook)
+    book = find_codebook(codebook)
     table = read_table(source, required=("text", "theme"), what="predictions or labels file")
     result = run_report(
         table,

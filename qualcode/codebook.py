@@ -288,3 +288,27 @@ def load_codebook(path: str | os.PathLike[str]) -> Codebook:
             "check the indentation and quoting there."
         ) from None
     return parse_codebook(data, source=path.name, path=path)
+
+
+# Where a command looks for the codebook when --codebook is not given, in this order.
+CODEBOOK_LOOKUP = ("codebook.yaml", "corpora/codebook.yaml")
+CODEBOOK_HELP = (
+    "The codebook YAML (default: $QUALCODE_CODEBOOK, ./codebook.yaml or ./corpora/codebook.yaml)."
+)
+
+
+def find_codebook(path: str | os.PathLike[str] | None = None) -> Codebook:
+    """The codebook at ``path``; without one, ``$QUALCODE_CODEBOOK``, then ``codebook.yaml`` or
+    ``corpora/codebook.yaml`` in the current directory."""
+    if path is not None:
+        return load_codebook(path)
+    env = os.environ.get("QUALCODE_CODEBOOK")
+    if env:
+        return load_codebook(env)
+    for candidate in CODEBOOK_LOOKUP:
+        if Path(candidate).is_file():
+            return load_codebook(candidate)
+    raise QualcodeError(
+        f"no codebook given: pass --codebook (none of {', '.join(CODEBOOK_LOOKUP)} exists here, "
+        "and QUALCODE_CODEBOOK is not set)"
+    )

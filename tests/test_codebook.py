@@ -186,3 +186,17 @@ def test_invalid_codebooks(tmp_path, text, expected):
 def test_missing_and_empty_codebook(tmp_path):
     assert "not found" in error_of(load_codebook, tmp_path / "nope.yaml")
     assert "is empty" in error_of(load_codebook, write(tmp_path, ""))
+
+
+def test_find_codebook_looks_in_the_usual_places(tmp_path, monkeypatch):
+    from qualcode.codebook import find_codebook
+
+    monkeypatch.delenv("QUALCODE_CODEBOOK", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert "pass --codebook" in error_of(find_codebook)
+    (tmp_path / "corpora").mkdir()
+    source = Path(__file__).resolve().parent.parent / "corpora" / "codebook.yaml"
+    (tmp_path / "corpora" / "codebook.yaml").write_bytes(source.read_bytes())
+    assert "steering" in find_codebook().ids
+    monkeypatch.setenv("QUALCODE_CODEBOOK", str(tmp_path / "missing.yaml"))
+    assert "missing.yaml" in error_of(find_codebook)
