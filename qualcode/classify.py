@@ -19,6 +19,7 @@ import pandas as pd
 from qualcode.errors import QualcodeError
 
 if TYPE_CHECKING:
+    from qualcode.classifier import ThemeClassifier
     from qualcode.train import ThemeModel
 
 PREDICTION_COLUMNS = [
@@ -138,6 +139,20 @@ def read_inputs(
     return out
 
 
+def predict_and_flag(
+    clf: ThemeClassifier, rule: ReviewRule, texts: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Probabilities, themes ranked per row (column indices), review flags and their reasons."""
+    features = clf.transform(texts)
+    proba = clf.proba_from_features(features)
+    order = np.argsort(-proba, axis=1)
+    rows = np.arange(len(texts))
+    top = proba[rows, order[:, 0]]
+    margin = top - proba[rows, order[:, 1]]
+    flags, reasons = rule.flag(top, margin, clf.similarity_to_training(features))
+    return proba, order, flags, reasons
+
+
 def classify(
     model: ThemeModel,
     segments: pd.DataFrame,
@@ -151,19 +166,18 @@ def classify(
     """
     if "text" not in segments.columns:
         raise QualcodeError("the segments to classify need a 'text' column")
-    rule = rule or model.review_rule
     clf = model.classifier
+    if multi_label and not clf.multi_label:
+        raise QualcodeError(
+            "this model was trained single-label: retrain with `qualcode train --multi-label`"
+        )
     clf.progress = progress
     texts = segments["text"].astype(str).tolist()
-    features = clf.transform(texts)
-    proba = clf.proba_from_features(features)
-    similarity = clf.similarity_to_training(features)
-    classes = [str(c) for c in clf.classes_]
-    order = np.argsort(-proba, axis=1)
+    proba, order, flags, reasons = predict_and_flag(clf, rule or model.review_rule, texts)
     rows = np.arange(len(texts))
     top, second = proba[rows, order[:, 0]], proba[rows, order[:, 1]]
     margin = top - second
-    flags, reasons = rule.flag(top, margin, similarity)
+    classes = [str(c) for c in clf.classes_]
 
     out = segments.copy()
     out["theme"] = [classes[j] for j in order[:, 0]]
@@ -172,10 +186,6 @@ def classify(
     out["margin"] = np.round(margin, 4)
     out["needs_review"] = flags
     out["review_reason"] = reasons
-    if multi_label and not clf.multi_label:
-        raise QualcodeError(
-            "this model was trained single-label: retrain with `qualcode train --multi-label`"
-        )
     if clf.multi_label:
         out["themes"] = [
             ";".join(classes[j] for j in row if proba[i, j] >= 0.5) or classes[row[0]]

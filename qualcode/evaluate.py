@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from qualcode.classify import DEFAULT_TARGET_ACCURACY
+from qualcode.classify import DEFAULT_TARGET_ACCURACY, predict_and_flag
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
 from qualcode.train import fit_classifier, prepare_labels
@@ -141,13 +141,9 @@ def evaluate(
             seed=seed,
             progress=progress,
         )
-        test_texts = [texts[i] for i in test_idx]
-        features = clf.transform(test_texts)
-        p = clf.proba_from_features(features)
-        proba[test_idx] = p
-        top = p.max(axis=1)
-        second = np.sort(p, axis=1)[:, -2]
-        flagged[test_idx], _ = rule.flag(top, top - second, clf.similarity_to_training(features))
+        proba[test_idx], _, flagged[test_idx], _ = predict_and_flag(
+            clf, rule, [texts[i] for i in test_idx]
+        )
     return Evaluation(classes, truth, proba, flagged, k, target_accuracy)
 
 
