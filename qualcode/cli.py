@@ -216,11 +216,11 @@ def demo(output, model_dir, quiet) -> None:
 
 
 def _register_steps() -> None:
-    # label, review and report live in their own CLI modules to keep this file short.
+    # label, review, report and export live in their own CLI modules to keep this file short.
     from qualcode.cli_label_review import label, review
-    from qualcode.cli_report import report
+    from qualcode.cli_report import export, report
 
-    for command in (label, review, report):
+    for command in (label, review, report, export):
         cli.add_command(command)
 
 

@@ -1,24 +1,85 @@
-"""``qualcode report``: a click skin over :func:`qualcode.report.report` (registered in
-:mod:`qualcode.cli`). No logic lives here."""
+"""``qualcode report`` and ``qualcode export``: click skins over :mod:`qualcode.report` and
+:mod:`qualcode.export` (registered in :mod:`qualcode.cli`). No logic lives here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from qualcode.codebook import CODEBOOK_HELP
 
-__all__ = ["report"]
+__all__ = ["export", "report"]
 
 _path = click.Path(path_type=Path)
 _SUMMARY_COLUMNS = ["theme", "label", "segments", "share", "flagged", "unflagged"]
 
 
+def _privacy_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--names",
+        type=_path,
+        default=None,
+        help="File of person names to replace, one per line (implies --pseudonymise).",
+    )(command)
+    return click.option(
+        "--pseudonymise",
+        "--pseudonymize",
+        is_flag=True,
+        help="Replace personnummer, e-mail addresses, phone numbers and --names with "
+        "placeholders such as [NAMN 1].",
+    )(command)
+
+
+def _export_options(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """SOURCE, --codebook and -o of an export command."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "-o", "--output", required=True, type=_path, help=f"The {suffix} file to write."
+        )(command)
+        command = click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)(command)
+        return click.argument("source", type=_path, metavar="PREDICTIONS_OR_LABELS")(command)
+
+    return decorate
+
+
+def _pseudonymiser(pseudonymise: bool, names: Path | None):
+    from qualcode.pseudonymise import Pseudonymiser
+
+    if not pseudonymise and names is None:
+        return None
+    return Pseudonymiser.from_names_file(names)
+
+
+def _read(source: Path, codebook: Path | None):
+    from qualcode.codebook import find_codebook
+    from qualcode.tables import read_table
+
+    book = find_codebook(codebook)
+    table = read_table(source, required=("text", "theme"), what="predictions or labels file")
+    return table, book
+
+
+def _say(messages: list[str]) -> None:
+    for message in messages:
+        if message:
+            click.echo(message, err=True)
+
+
 @click.command("report")
 @click.argument("source", type=_path, metavar="PREDICTIONS_OR_LABELS")
 @click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
-@click.option("-o", "--output", required=True, type=_path, help="Report directory (created).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=_path,
+    help="report.html (one self-contained file) or a directory for the report with its "
+    "charts, counts and exports.",
+)
 @click.option(
     "--by",
     default=None,
@@ -30,27 +91,33 @@ _SUMMARY_COLUMNS = ["theme", "label", "segments", "share", "flagged", "unflagged
     type=click.IntRange(min=0),
     default=3,
     show_default=True,
-    help="Quotes per theme in report.md.",
+    help="Typical quotes per theme.",
 )
 @click.option(
     "--include-flagged",
     is_flag=True,
     help="Quotes may come from segments flagged for review too.",
 )
+@click.option(
+    "--sources",
+    type=_path,
+    multiple=True,
+    help="The segmented documents (files or folders), for codes.qdpx in a report directory.",
+)
+@_privacy_options
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the counts table.")
-def report(source, codebook, output, by, exemplars, include_flagged, quiet) -> None:
-    """Counts, charts, quotes and QDA exports from PREDICTIONS_OR_LABELS.
+def report(
+    source, codebook, output, by, exemplars, include_flagged, sources, pseudonymise, names, quiet
+) -> None:
+    """Theme counts, charts, typical quotes and flagged segments from PREDICTIONS_OR_LABELS.
 
-    Reads a predictions file from `qualcode classify` or a labels file (text, theme) and writes
-    theme_counts.csv, themes.png (and themes_by_<by>.png), report.md, codes.qdpx (REFI-QDA, for
-    NVivo, ATLAS.ti, MAXQDA, QualCoder) and coded_segments.xlsx into the output directory.
+    Reads a predictions file from `qualcode classify` or a labels file (text, theme). With
+    `-o report.html` it writes one HTML file that opens offline; with a directory it also
+    writes report.md, theme_counts.csv, the charts as PNG, coded_segments.xlsx and codes.qdpx.
     """
-    from qualcode.codebook import find_codebook
     from qualcode.report import report as run_report
-    from qualcode.tables import read_table
 
-    book = find_codebook(codebook)
-    table = read_table(source, required=("text", "theme"), what="predictions or labels file")
+    table, book = _read(source, codebook)
     result = run_report(
         table,
         book,
@@ -59,11 +126,60 @@ def report(source, codebook, output, by, exemplars, include_flagged, quiet) -> N
         exemplars=exemplars,
         include_flagged=include_flagged,
         source_name=source.name,
+        pseudonymiser=_pseudonymiser(pseudonymise, names),
+        sources=sources,
     )
     if not quiet:
         columns = [c for c in _SUMMARY_COLUMNS if c in result.counts.columns]
         click.echo(result.counts[columns].to_string(index=False))
-    for message in result.messages:
-        click.echo(message, err=True)
-    names = ", ".join(path.name for path in result.paths.values())
-    click.echo(f"report on {result.segments} segments → {output}: {names}", err=True)
+    _say(result.messages)
+    written = ", ".join(path.name for path in result.paths.values())
+    click.echo(f"report on {result.segments} segments → {output} ({written})", err=True)
+
+
+@click.group()
+def export() -> None:
+    """Export coded segments: an Excel workbook or a REFI-QDA project (NVivo, ATLAS.ti,
+    MAXQDA, QualCoder)."""
+
+
+@export.command("xlsx")
+@_export_options(".xlsx")
+@_privacy_options
+def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
+    """A summary sheet, all segments with a 0/1 column per theme, and one sheet per theme."""
+    from qualcode.export import write_workbook
+
+    table, book = _read(source, codebook)
+    result = write_workbook(table, book, output, pseudonymiser=_pseudonymiser(pseudonymise, names))
+    _say([*result.messages, result.pseudonymised])
+    click.echo(f"{result.segments} segments → {output}", err=True)
+
+
+@export.command("qdpx")
+@_export_options(".qdpx")
+@click.option(
+    "--sources",
+    type=_path,
+    multiple=True,
+    help="The segmented documents (files or folders): each segment is coded at its place in "
+    "its document's text. Without it, segments are laid out one per paragraph.",
+)
+@click.option("--accepted-only", is_flag=True, help="Leave out segments flagged for review.")
+@_privacy_options
+def export_qdpx(source, codebook, output, sources, accepted_only, pseudonymise, names) -> None:
+    """A REFI-QDA project: the codebook as codes, documents as sources, segments coded."""
+    from qualcode.export import write_qdpx
+
+    table, book = _read(source, codebook)
+    result = write_qdpx(
+        table,
+        book,
+        output,
+        sources=sources,
+        accepted_only=accepted_only,
+        pseudonymiser=_pseudonymiser(pseudonymise, names),
+        description=f"Exported by qualcode from {source.name}.",
+    )
+    _say([*result.messages, result.pseudonymised])
+    click.echo(f"{result.segments} coded segments → {output}", err=True)

@@ -1,341 +1,74 @@
-"""Step 6: report what was coded — counts, charts, quotes and exports for other QDA tools.
+"""Step 6: report what was coded — counts, charts, typical quotes and the segments to review.
 
-Input is a predictions table from ``qualcode classify`` (it has a ``confidence`` column and a
-``needs_review`` flag) or a labels table (``text``, ``theme`` with ``;``-separated themes, maybe
-``coder``). :func:`report` writes into one directory (every file atomically):
+Input is a predictions table from ``qualcode classify`` or a labels table (see
+:mod:`qualcode.coded`). :func:`report` writes either one self-contained HTML file (output
+ending in ``.html``: inline CSS and charts, no external requests, so it opens on an offline
+machine) or a directory with:
 
+``report.html``
+    per theme its label, description, count and share, the most typical quotes (highest
+    confidence, no near-duplicates) with their source; bar charts of the themes overall and per
+    group (``by``: document, section or a metadata column); the segments flagged for review.
+``report.md``
+    the same in Markdown.
 ``theme_counts.csv``
     one row per codebook theme (codebook order) and a ``total`` row: ``theme, label, label_en,
     segments, share``, for predictions ``flagged, unflagged``, then one column per group of
     ``by`` (and ``<group> (unflagged)`` for predictions). A segment with several themes counts
-    once for each, so ``share`` is the share of all codings (for single-theme data: of the
-    segments) and the shares of the themes sum to 1.
+    once for each, so ``share`` is the share of all codings and the shares sum to 1.
 ``themes.png``, ``themes_by_<by>.png``
-    bar charts with the Swedish labels (flagged segments as the lighter part of each bar); the
-    second only when there is more than one group. Skipped if matplotlib is not installed.
-``report.md``
-    a Swedish/English report: totals, the tables, and per theme its description and the top
-    quotes with provenance.
-``codes.qdpx``
-    a REFI-QDA project (``project.qde`` + ``sources/<guid>.txt``, one source per document) that
-    NVivo, ATLAS.ti, MAXQDA and QualCoder import. GUIDs are uuid5 of the theme ids, documents and
-    segment ids, so re-exports are stable.
-``coded_segments.xlsx``
-    one row per segment: provenance, text, themes, and a 0/1 column per theme (a code matrix).
+    the charts (the second only with more than one group).
+``coded_segments.xlsx``, ``codes.qdpx``
+    the exports of :mod:`qualcode.export`.
+
+With a :class:`~qualcode.pseudonymise.Pseudonymiser`, personal data is replaced everywhere.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-import hashlib
+import html
 import io
 import math
 import os
 import re
 import textwrap
-import uuid
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import pandas as pd
 
 from qualcode.codebook import Codebook
-from qualcode.errors import QualcodeError
-from qualcode.tables import atomic_write_bytes, atomic_write_text, spreadsheet_rows, write_table
-
-__all__ = [
-    "QDA_NAMESPACE",
-    "ReportResult",
-    "exemplar_quotes",
-    "report",
-    "theme_counts",
-    "write_qdpx",
-]
-
-QDA_NAMESPACE = "urn:QDA-XML:project:1.0"
-PALETTE = (
-    "#4E79A7",
-    "#F28E2B",
-    "#E15759",
-    "#76B7B2",
-    "#59A14F",
-    "#EDC948",
-    "#B07AA1",
-    "#FF9DA7",
-    "#9C755F",
-    "#BAB0AC",
+from qualcode.coded import (
+    PROVENANCE,
+    TOTAL,
+    CodedTable,
+    count_themes,
+    group_columns,
+    group_list,
+    parse_number,
+    read_coded,
+    resolve_by,
+    theme_counts,
 )
-TOTAL = "total"
-NONE_GROUP = "(ingen)"
+from qualcode.errors import QualcodeError
+from qualcode.export import PALETTE, theme_color, write_qdpx, write_workbook
+from qualcode.pseudonymise import Pseudonymiser
+from qualcode.tables import atomic_write_bytes, atomic_write_text, write_table
+
+__all__ = ["ReportResult", "exemplar_quotes", "report", "theme_counts"]
+
 MAX_CHART_GROUPS = 8
 MAX_TABLE_GROUPS = 12
+NEAR_DUPLICATE = 0.6
 
-_GUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "qualcode.refi-qda")
-_TRUE = {"true", "1", "yes", "ja", "sant"}
-_FALSE = {"false", "0", "no", "nej", "falskt", ""}
-_PREDICTION_ONLY = {
-    "theme",
-    "themes",
-    "confidence",
-    "second_theme",
-    "margin",
-    "needs_review",
-    "review_reason",
-}
-_PROVENANCE = ("segment_id", "document", "section", "line_start", "line_end")
 _BY_NAMES = {"document": ("dokument", "document"), "section": ("avsnitt", "section")}
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _MD_INLINE = re.compile(r"([\\`*\[\]<>|~]|(?<!\w)_|_(?!\w))")
 _MD_LINE_START = re.compile(r"^(\s*)([#>+-]|=(?==*\s*$)|\d+(?=[.)]))")
-
-
-# --------------------------------------------------------------------------- reading the table
-
-
-@dataclass
-class _Coded:
-    """One row per segment, in reading order, with the input columns (as text) and
-    ``_themes`` (ids), ``_codings`` ((theme, coder) pairs), ``_confidence``, ``_flagged``,
-    ``_index`` (first row in the file) and ``_key`` (segment id or a hash of the text)."""
-
-    frame: pd.DataFrame
-    kind: str  # "predictions" or "labels"
-    coders: list[str]
-
-    @property
-    def predictions(self) -> bool:
-        return self.kind == "predictions"
-
-
-def _column(table: pd.DataFrame, name: str) -> pd.Series:
-    if name in table.columns:
-        return table[name].fillna("").astype(str)
-    return pd.Series([""] * len(table), index=table.index, dtype=str)
-
-
-def _number(value: object) -> float:
-    text = str(value).strip().replace(",", ".")
-    if not text:
-        return math.nan
-    return float(text)
-
-
-def _parse_confidence(values: pd.Series, rows: list[int]) -> list[float]:
-    out = []
-    for value, row in zip(values, rows):
-        try:
-            out.append(_number(value))
-        except ValueError:
-            raise QualcodeError(
-                f"row {row}: confidence {str(value)!r} is not a number; the predictions file "
-                "from `qualcode classify` has numbers such as 0.87 there."
-            ) from None
-    return out
-
-
-def _parse_flags(values: pd.Series, rows: list[int]) -> list[bool]:
-    out = []
-    for value, row in zip(values, rows):
-        key = str(value).strip().lower()
-        if key in _TRUE:
-            out.append(True)
-        elif key in _FALSE:
-            out.append(False)
-        else:
-            raise QualcodeError(
-                f"row {row}: needs_review {str(value)!r} is neither true nor false; "
-                "fix the cell (true/false)."
-            )
-    return out
-
-
-def _segment_key(segment_id: str, document: str, section: str, text: str) -> str:
-    if segment_id.strip():
-        return segment_id.strip()
-    digest = hashlib.sha1(f"{document}\n{section}\n{text}".encode()).hexdigest()[:16]
-    return f"text:{digest}"
-
-
-def _line_number(value: str) -> float:
-    try:
-        return float(str(value).strip())
-    except ValueError:
-        return math.inf
-
-
-def _prepare(table: pd.DataFrame, codebook: Codebook, *, what: str = "input") -> _Coded:
-    """Validate ``table`` and merge it into one row per segment (see :class:`_Coded`)."""
-    if not isinstance(table, pd.DataFrame) or table.empty:
-        raise QualcodeError(f"{what} has no rows; give a predictions or labels file with data.")
-    missing = [c for c in ("text", "theme") if c not in table.columns]
-    if missing:
-        raise QualcodeError(
-            f"{what} is missing column(s) {', '.join(map(repr, missing))}; columns found: "
-            f"{', '.join(map(repr, map(str, table.columns)))}. A predictions file from "
-            "`qualcode classify` or a labels file (text, theme) is needed."
-        )
-    kind = "predictions" if "confidence" in table.columns else "labels"
-    rows = spreadsheet_rows(table)
-    theme_cells = _column(table, "theme")
-    if kind == "predictions" and "themes" in table.columns:  # multi-label model
-        multi = _column(table, "themes")
-        theme_cells = multi.where(multi.str.strip() != "", theme_cells)
-    parsed = codebook.check_themes(theme_cells, what=f"{what} column 'theme'", rows=rows)
-    text = _column(table, "text")
-    frame = table.fillna("").astype(str).copy()
-    frame["_themes"] = parsed
-    frame["_index"] = range(len(frame))
-    if kind == "predictions":
-        frame["_confidence"] = _parse_confidence(_column(table, "confidence"), rows)
-        frame["_flagged"] = _parse_flags(_column(table, "needs_review"), rows)
-    else:
-        frame["_confidence"] = math.nan
-        frame["_flagged"] = False
-    coder = _column(table, "coder").str.strip()
-    frame["_coder"] = coder.where(coder != "", "qualcode" if kind == "predictions" else "")
-    keep = [bool(ids) and bool(t.strip()) for ids, t in zip(parsed, text)]
-    frame = frame[keep].copy()
-    if frame.empty:
-        raise QualcodeError(
-            f"{what} has no coded rows (every 'theme' or 'text' cell is empty); "
-            "label some segments or give the predictions file."
-        )
-    frame["_key"] = [
-        _segment_key(*values)
-        for values in zip(
-            _column(frame, "segment_id"),
-            _column(frame, "document"),
-            _column(frame, "section"),
-            frame["text"],
-        )
-    ]
-    # For a (segment, coder) pair the last row counts (the labeller appends; undo rewrites).
-    frame = frame.drop_duplicates(["_key", "_coder"], keep="last")
-    if frame["_key"].is_unique:
-        frame["_codings"] = [
-            [(theme_id, who) for theme_id in ids]
-            for ids, who in zip(frame["_themes"], frame["_coder"])
-        ]
-    else:  # several coders: one row per segment, the union of their themes
-        merged = []
-        for _, group in frame.groupby("_key", sort=False):
-            row = group.iloc[-1].copy()
-            themes: list[str] = []
-            codings: list[tuple[str, str]] = []
-            for ids, who in zip(group["_themes"], group["_coder"]):
-                themes += [t for t in ids if t not in themes]
-                codings += [(t, who) for t in ids]
-            row["_themes"], row["_codings"] = themes, codings
-            row["_index"] = int(group["_index"].min())
-            merged.append(row)
-        frame = pd.DataFrame(merged).astype({"_flagged": bool, "_confidence": float, "_index": int})
-    frame = frame.reset_index(drop=True)
-    # Reading order: documents in order of appearance, then line numbers, then file order.
-    doc_rank = {d: i for i, d in enumerate(dict.fromkeys(_column(frame, "document")))}
-    frame["_order_key"] = list(
-        zip(
-            [doc_rank[d] for d in _column(frame, "document")],
-            [_line_number(v) for v in _column(frame, "line_start")],
-            frame["_index"],
-        )
-    )
-    frame = frame.sort_values("_order_key", kind="stable").reset_index(drop=True)
-    coders = [c for c in dict.fromkeys(frame["_coder"]) if c] if kind == "labels" else []
-    return _Coded(frame=frame, kind=kind, coders=coders)
-
-
-def _resolve_by(coded: _Coded, by: str | None) -> str | None:
-    if by is None:
-        return "document" if "document" in coded.frame.columns else None
-    if by not in coded.frame.columns or by.startswith("_"):
-        columns = [c for c in coded.frame.columns if not str(c).startswith("_")]
-        raise QualcodeError(
-            f"--by column {by!r} is not in the input; columns: {', '.join(map(repr, columns))}."
-        )
-    return by
-
-
-def _group_values(coded: _Coded, by: str) -> pd.Series:
-    return coded.frame[by].astype(str).str.strip().replace("", NONE_GROUP)
-
-
-def _groups(coded: _Coded, by: str | None) -> list[str]:
-    return list(dict.fromkeys(_group_values(coded, by))) if by else []
-
-
-def _fixed_columns(coded: _Coded) -> list[str]:
-    fixed = ["theme", "label", "label_en", "segments", "share"]
-    return fixed + ["flagged", "unflagged"] if coded.predictions else fixed
-
-
-def _group_names(coded: _Coded, by: str | None, groups: list[str]) -> dict[str, str]:
-    """Column name per group: the value itself, unless it clashes with a fixed column."""
-    fixed = _fixed_columns(coded)
-    return {g: g if g not in fixed else f"{by}: {g}" for g in groups}
-
-
-# --------------------------------------------------------------------------- counts
-
-
-def _counts(coded: _Coded, codebook: Codebook, by: str | None) -> pd.DataFrame:
-    frame = coded.frame
-    groups = _groups(coded, by)
-    group_of = _group_values(coded, by) if by else None
-    names = _group_names(coded, by, groups)
-    has = {t.id: frame["_themes"].map(lambda ids, t=t.id: t in ids) for t in codebook.themes}
-    total_codings = sum(int(mask.sum()) for mask in has.values())
-    rows = []
-    for theme in codebook.themes:
-        mask = has[theme.id]
-        row: dict[str, Any] = {
-            "theme": theme.id,
-            "label": theme.label,
-            "label_en": theme.label_en,
-            "segments": int(mask.sum()),
-            "share": round(int(mask.sum()) / total_codings, 4) if total_codings else 0.0,
-        }
-        if coded.predictions:
-            row["flagged"] = int((mask & frame["_flagged"]).sum())
-            row["unflagged"] = row["segments"] - row["flagged"]
-        rows.append(row)
-    total: dict[str, Any] = {
-        "theme": TOTAL,
-        "label": "Totalt",
-        "label_en": "Total",
-        "segments": len(frame),
-        "share": 1.0,
-    }
-    if coded.predictions:
-        total["flagged"] = int(frame["_flagged"].sum())
-        total["unflagged"] = len(frame) - total["flagged"]
-    rows.append(total)
-    table = pd.DataFrame(rows)
-    for group in groups:
-        in_group = group_of == group
-        masks = [has[t.id] & in_group for t in codebook.themes] + [in_group]
-        table[names[group]] = [int(m.sum()) for m in masks]
-        if coded.predictions:
-            table[f"{names[group]} (unflagged)"] = [
-                int((m & ~frame["_flagged"]).sum()) for m in masks
-            ]
-    return table
-
-
-def theme_counts(
-    table: pd.DataFrame, codebook: Codebook, *, by: str | None = "document"
-) -> pd.DataFrame:
-    """Segments per theme (codebook order, then a ``total`` row) and per group of ``by``.
-
-    Columns: ``theme, label, label_en, segments, share`` (+ ``flagged, unflagged`` for
-    predictions), then one column per value of ``by`` (+ ``<value> (unflagged)``). ``by=None``
-    groups by ``document`` when the table has it, else not at all.
-    """
-    coded = _prepare(table, codebook)
-    return _counts(coded, codebook, _resolve_by(coded, by))
+_WORD = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------- exemplars
@@ -344,7 +77,7 @@ def theme_counts(
 def _score(row: pd.Series, theme_id: str) -> float:
     value = row.get(f"p_{theme_id}", "")
     try:
-        score = _number(value)
+        score = parse_number(value)
     except ValueError:
         score = math.nan
     if math.isnan(score) and row["_themes"] and row["_themes"][0] == theme_id:
@@ -352,7 +85,21 @@ def _score(row: pd.Series, theme_id: str) -> float:
     return score
 
 
-def _exemplars(coded: _Coded, codebook: Codebook, n: int, include_flagged: bool) -> pd.DataFrame:
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.casefold()))
+
+
+def _near_duplicate(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Same words for the most part (Jaccard ≥ 0.6), or one quote's words inside the other's."""
+    if not a or not b:
+        return a == b
+    shared = len(a & b)
+    return shared / len(a | b) >= NEAR_DUPLICATE or shared == min(len(a), len(b))
+
+
+def _exemplars(
+    coded: CodedTable, codebook: Codebook, n: int, include_flagged: bool
+) -> pd.DataFrame:
     if n < 0:
         raise QualcodeError(f"--exemplars must be 0 or more, not {n}.")
     frame = coded.frame
@@ -370,7 +117,15 @@ def _exemplars(coded: _Coded, codebook: Codebook, n: int, include_flagged: bool)
             )
         else:
             mine = mine.sort_values("_index", kind="stable").assign(_score=math.nan)
-        for rank, (_, row) in enumerate(mine.head(n).iterrows(), start=1):
+        chosen: list[frozenset[str]] = []
+        for _, row in mine.iterrows():
+            if len(chosen) == n:
+                break
+            words = _words(row["text"])
+            if any(_near_duplicate(words, other) for other in chosen):
+                continue
+            chosen.append(words)
+            rank = len(chosen)
             rows.append(
                 {
                     "theme": theme.id,
@@ -378,13 +133,13 @@ def _exemplars(coded: _Coded, codebook: Codebook, n: int, include_flagged: bool)
                     "text": row["text"],
                     "confidence": row["_score"],
                     "needs_review": bool(row["_flagged"]),
-                    **{c: str(row.get(c, "")) for c in _PROVENANCE},
+                    **{c: str(row.get(c, "")) for c in PROVENANCE},
                     "coder": "; ".join(dict.fromkeys(w for _, w in row["_codings"] if w))
                     if not coded.predictions
                     else "",
                 }
             )
-    columns = ["theme", "rank", "text", "confidence", "needs_review", *_PROVENANCE, "coder"]
+    columns = ["theme", "rank", "text", "confidence", "needs_review", *PROVENANCE, "coder"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -395,193 +150,11 @@ def exemplar_quotes(
 
     Predictions: highest probability for the theme (``p_<theme>``, else ``confidence``) first,
     flagged segments left out unless ``include_flagged``. Labels: the first ``n`` in file order.
+    A quote that mostly repeats the words of one already chosen is skipped.
     Columns: ``theme, rank, text, confidence, needs_review, segment_id, document, section,
     line_start, line_end, coder``.
     """
-    return _exemplars(_prepare(table, codebook), codebook, n, include_flagged)
-
-
-# --------------------------------------------------------------------------- REFI-QDA export
-
-
-def _guid(kind: str, name: str) -> str:
-    return str(uuid.uuid5(_GUID_NAMESPACE, f"{kind}/{name}"))
-
-
-def _xml_text(value: object) -> str:
-    return _XML_INVALID.sub("", str(value))
-
-
-def _theme_color(codebook: Codebook, theme_id: str) -> str:
-    return PALETTE[codebook.ids.index(theme_id) % len(PALETTE)]
-
-
-def _qdpx_bytes(coded: _Coded, codebook: Codebook, *, description: str = "") -> bytes:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    qualcode_user = _guid("user", "qualcode")
-    project = ET.Element(
-        "Project",
-        {
-            "xmlns": QDA_NAMESPACE,
-            "name": _xml_text(codebook.name),
-            "origin": "qualcode",
-            "creatingUserGUID": qualcode_user,
-            "creationDateTime": now,
-        },
-    )
-    users = ET.SubElement(project, "Users")
-    user_guids = {"qualcode": qualcode_user}
-    ET.SubElement(users, "User", {"guid": qualcode_user, "name": "qualcode"})
-    for coder in coded.coders:
-        if coder not in user_guids:
-            user_guids[coder] = _guid("user", coder)
-            ET.SubElement(users, "User", {"guid": user_guids[coder], "name": _xml_text(coder)})
-
-    codes = ET.SubElement(ET.SubElement(project, "CodeBook"), "Codes")
-    code_guids = {}
-    for theme in codebook.themes:
-        code_guids[theme.id] = _guid("code", theme.id)
-        code = ET.SubElement(
-            codes,
-            "Code",
-            {
-                "guid": code_guids[theme.id],
-                "name": _xml_text(theme.label),
-                "isCodable": "true",
-                "color": _theme_color(codebook, theme.id),
-            },
-        )
-        english = f"\n\nEnglish: {theme.label_en}" if theme.label_en else ""
-        ET.SubElement(code, "Description").text = _xml_text(
-            f"{theme.description}{english}\nqualcode id: {theme.id}"
-        )
-
-    sources_element = ET.SubElement(project, "Sources")
-    texts: dict[str, str] = {}
-    frame = coded.frame
-    documents = _column(frame, "document").str.strip().replace("", "segments")
-    for document in dict.fromkeys(documents):
-        mine = frame[documents == document]
-        source_guid = _guid("source", document)
-        source = ET.SubElement(
-            sources_element,
-            "TextSource",
-            {
-                "guid": source_guid,
-                "name": _xml_text(document),
-                "plainTextPath": f"internal://{source_guid}.txt",
-                "creatingUser": qualcode_user,
-                "creationDateTime": now,
-            },
-        )
-        parts: list[str] = []
-        position = 0
-        for _, row in mine.iterrows():
-            if parts:
-                position += 2  # the blank line between segments
-            text = str(row["text"])
-            start, end = position, position + len(text)
-            parts.append(text)
-            position = end
-            attributes = {
-                "guid": _guid("selection", row["_key"]),
-                "name": _xml_text(row.get("segment_id", "") or text[:60]),
-                "startPosition": str(start),
-                "endPosition": str(end),
-                "creatingUser": qualcode_user,
-                "creationDateTime": now,
-            }
-            selection = ET.SubElement(source, "PlainTextSelection", attributes)
-            if coded.predictions:
-                note = f"qualcode: säkerhet (confidence) {row['_confidence']:.2f}"
-                if row["_flagged"]:
-                    reason = str(row.get("review_reason", "")).strip()
-                    note += "; flaggad för granskning (needs review)" + (
-                        f": {reason}" if reason else ""
-                    )
-                ET.SubElement(selection, "Description").text = _xml_text(note)
-            for theme_id, who in dict.fromkeys(row["_codings"]):
-                coding = ET.SubElement(
-                    selection,
-                    "Coding",
-                    {
-                        "guid": _guid("coding", f"{row['_key']}/{theme_id}/{who}"),
-                        "creatingUser": user_guids.get(who, qualcode_user),
-                        "creationDateTime": now,
-                    },
-                )
-                ET.SubElement(coding, "CodeRef", {"targetGUID": code_guids[theme_id]})
-        texts[source_guid] = "\n\n".join(parts)
-    if description:
-        ET.SubElement(project, "Description").text = _xml_text(description)
-
-    ET.indent(project, space="  ")
-    xml = ('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(project, "unicode")).encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("project.qde", xml)
-        for source_guid, text in texts.items():
-            archive.writestr(f"sources/{source_guid}.txt", text.encode("utf-8"))
-    return buffer.getvalue()
-
-
-def write_qdpx(
-    table: pd.DataFrame,
-    codebook: Codebook,
-    path: str | os.PathLike[str],
-    *,
-    description: str = "",
-) -> Path:
-    """Write a REFI-QDA project (``.qdpx``) coding every segment with its theme(s).
-
-    One ``TextSource`` per document: its segments in reading order joined by blank lines, each a
-    ``PlainTextSelection`` (character offsets into that text) with a ``Coding`` per theme. For
-    predictions the selection's description gives the confidence and any review flag; for labels
-    each coder is a ``User`` and creates their codings. GUIDs are uuid5 of the ids, so a
-    re-export of the same data has the same GUIDs.
-    """
-    path = Path(path)
-    atomic_write_bytes(
-        path, _qdpx_bytes(_prepare(table, codebook), codebook, description=description)
-    )
-    return path
-
-
-# --------------------------------------------------------------------------- code matrix
-
-
-def _matrix(coded: _Coded, codebook: Codebook) -> pd.DataFrame:
-    frame = coded.frame
-    out = pd.DataFrame(index=frame.index)
-    for column in _PROVENANCE:
-        if column in frame.columns:
-            values = frame[column]
-            out[column] = values.map(_int_or_text) if column.startswith("line_") else values
-    skip = set(_PROVENANCE) | _PREDICTION_ONLY | {"text", "coder", "labelled_at"}
-    for column in frame.columns:
-        if column not in skip and not column.startswith(("_", "p_")):
-            out[column] = frame[column]
-    if coded.kind == "labels" and coded.coders:
-        out["coder"] = [
-            "; ".join(dict.fromkeys(w for _, w in codings if w)) for codings in frame["_codings"]
-        ]
-    out["text"] = frame["text"]
-    out["theme"] = frame["_themes"].map(";".join)
-    out["theme_label"] = frame["_themes"].map(
-        lambda ids: "; ".join(codebook.get(t).label for t in ids)
-    )
-    if coded.predictions:
-        out["confidence"] = frame["_confidence"]
-        out["needs_review"] = frame["_flagged"].map({True: "true", False: "false"})
-    for theme in codebook.themes:
-        name = theme.label if theme.label not in out.columns else f"{theme.label} ({theme.id})"
-        out[name] = frame["_themes"].map(lambda ids, t=theme.id: int(t in ids))
-    return out.reset_index(drop=True)
-
-
-def _int_or_text(value: str) -> int | str:
-    text = str(value).strip()
-    return int(text) if text.isdigit() else text
+    return _exemplars(read_coded(table, codebook), codebook, n, include_flagged)
 
 
 # --------------------------------------------------------------------------- charts
@@ -626,7 +199,7 @@ def _png(figure: Any) -> bytes:
 
 
 def _themes_chart(
-    counts: pd.DataFrame, coded: _Coded, source_name: str, codebook: Codebook
+    counts: pd.DataFrame, coded: CodedTable, source_name: str, codebook: Codebook
 ) -> bytes:
     themes = counts[counts["theme"] != TOTAL].sort_values("segments", ascending=True, kind="stable")
     total = counts[counts["theme"] == TOTAL].iloc[0]
@@ -673,7 +246,7 @@ def _themes_chart(
 
 def _groups_chart(
     counts: pd.DataFrame,
-    coded: _Coded,
+    coded: CodedTable,
     groups: list[str],
     names: dict[str, str],
     by: str,
@@ -732,6 +305,23 @@ def _groups_chart(
     return _png(figure)
 
 
+# --------------------------------------------------------------------------- contents
+
+
+@dataclass
+class _Contents:
+    """What the Markdown and HTML reports show."""
+
+    coded: CodedTable
+    counts: pd.DataFrame
+    exemplars: pd.DataFrame
+    by: str | None
+    groups: list[str]
+    names: dict[str, str]
+    source_name: str
+    include_flagged: bool
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -787,20 +377,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str) 
     return lines
 
 
-def _markdown(
-    coded: _Coded,
-    codebook: Codebook,
-    counts: pd.DataFrame,
-    exemplars: pd.DataFrame,
-    *,
-    by: str | None,
-    groups: list[str],
-    names: dict[str, str],
-    charts: dict[str, str],
-    source_name: str,
-    include_flagged: bool,
-    n: int,
-) -> str:
+def _markdown(c: _Contents, charts: dict[str, str], n: int) -> str:
+    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
+    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
+    include_flagged = c.include_flagged
     total = counts[counts["theme"] == TOTAL].iloc[0]
     themes = counts[counts["theme"] != TOTAL]
     kind = (
@@ -928,13 +508,291 @@ def _markdown(
     out += [
         "## Filer · *Files*",
         "",
+        "- `report.html` — rapporten som en fil som öppnas utan nätverk · *the report as one "
+        "offline HTML file*",
         "- `theme_counts.csv` — antal per tema och grupp · *counts per theme and group*",
-        "- `coded_segments.xlsx` — alla segment med 0/1-kolumn per tema · *code matrix*",
+        "- `coded_segments.xlsx` — sammanfattning, alla segment med 0/1-kolumn per tema och ett "
+        "blad per tema · *summary, code matrix and a sheet per theme*",
         "- `codes.qdpx` — REFI-QDA-projekt för NVivo, ATLAS.ti, MAXQDA, QualCoder · "
         "*REFI-QDA project*",
         "",
     ]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+:root { --ink: #1f2933; --muted: #5f6b7a; --line: #e3e7ec; --accent: #2f5f8f; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif;
+  color: var(--ink); background: #f6f7f9; }
+main { max-width: 980px; margin: 0 auto; padding: 32px 28px 64px; background: #fff; }
+h1 { font-size: 28px; margin: 0 0 4px; }
+h2 { font-size: 21px; margin: 40px 0 12px; padding-bottom: 6px;
+  border-bottom: 2px solid var(--line); }
+h3 { font-size: 18px; margin: 0 0 4px; }
+h3 small, .en { color: var(--muted); font-weight: normal; font-style: italic; }
+.subtitle { color: var(--muted); margin: 0 0 20px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; }
+img.chart { width: 100%; height: auto; border: 1px solid var(--line); margin: 8px 0 16px; }
+table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; font-size: 14px; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left;
+  vertical-align: top; }
+th { background: #f0f3f6; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.total td { font-weight: 600; border-top: 2px solid var(--ink); }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 8px; }
+article.theme { border: 1px solid var(--line); border-radius: 6px;
+  padding: 16px 18px; margin: 0 0 18px; }
+article.theme p.description { margin: 4px 0 8px; color: var(--muted); }
+p.count { margin: 0 0 10px; }
+ol.quotes { margin: 0; padding-left: 22px; }
+ol.quotes li { margin: 0 0 12px; }
+blockquote { margin: 0; padding: 2px 0 2px 12px; border-left: 3px solid var(--accent); }
+p.source { margin: 3px 0 0; font-size: 13px; color: var(--muted); }
+.flag { color: #a3340f; font-weight: 600; }
+.note { font-size: 13px; color: var(--muted); }
+footer { margin-top: 48px; font-size: 12px; color: var(--muted); }
+@media print { body { background: #fff; } main { padding: 0; }
+  article.theme { break-inside: avoid; } }
+"""
+
+
+def _h(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _source_text(row: pd.Series, *, confidence: float = math.nan) -> str:
+    parts = [str(row.get(c, "")).strip() for c in ("document", "section")]
+    parts = [p for p in parts if p]
+    start, end = str(row.get("line_start", "")).strip(), str(row.get("line_end", "")).strip()
+    if start:
+        parts.append(f"rad {start}" if end in ("", start) else f"rad {start}–{end}")
+    if str(row.get("segment_id", "")).strip():
+        parts.append(str(row["segment_id"]))
+    if not math.isnan(confidence):
+        parts.append(f"säkerhet {confidence * 100:.0f} %")
+    return " · ".join(parts)
+
+
+def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
+    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
+    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
+    include_flagged = c.include_flagged
+    total = counts[counts["theme"] == TOTAL].iloc[0]
+    themes = counts[counts["theme"] != TOTAL]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="sv">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="generator" content="qualcode">',
+        f"<title>{_h(codebook.name)} – temarapport</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+        f"<h1>{_h(codebook.name)}</h1>",
+        '<p class="subtitle">Temarapport · <span class="en">Theme report</span></p>',
+        '<dl class="facts">',
+    ]
+    kind = "modellens klassificering" if coded.predictions else "manuell kodning"
+    facts = [
+        ("Datum", dt.date.today().isoformat()),
+        ("Indata", (f"{source_name} — " if source_name else "") + kind),
+        ("Segment", f'<span id="total-segments">{total["segments"]}</span>'),
+    ]
+    if coded.predictions:
+        share = _percent(total["flagged"] / total["segments"])
+        facts.append(
+            (
+                "Flaggade för granskning",
+                f'<span id="total-flagged">{total["flagged"]}</span> ({share})',
+            )
+        )
+    if coded.coders:
+        facts.append(("Kodare", _h(", ".join(coded.coders))))
+    facts.append(("Kodbok", f"{_h(codebook.name)} ({len(codebook.themes)} teman)"))
+    if pseudonymised:
+        facts.append(("Pseudonymiserad", _h(pseudonymised)))
+    for name, value in facts:
+        out.append(f"<dt>{_h(name)}</dt><dd>{value if name != 'Indata' else _h(value)}</dd>")
+    out.append("</dl>")
+
+    out += ['<section id="overview">', "<h2>Teman <span class='en'>· Themes</span></h2>"]
+    if "themes" in charts:
+        out.append(
+            f'<img class="chart" alt="Stapeldiagram: segment per tema" '
+            f'src="{_data_uri(charts["themes"])}">'
+        )
+    header = ["Tema", "Segment", "Andel"] + (["Flaggade", "Säkra"] if coded.predictions else [])
+    out += ['<table class="counts">', "<thead><tr>"]
+    out += [
+        f"<th{' class=num' if i else ''}>{_h(h)}</th>".replace("class=num", 'class="num"')
+        for i, h in enumerate(header)
+    ]
+    out += ["</tr></thead>", "<tbody>"]
+    for _, row in counts.iterrows():
+        is_total = row["theme"] == TOTAL
+        attrs = (
+            f' data-theme="{_h(row["theme"])}" data-segments="{row["segments"]}"'
+            f' data-share="{row["share"]}"'
+        )
+        if coded.predictions:
+            attrs += f' data-flagged="{row["flagged"]}"'
+        swatch = (
+            ""
+            if is_total
+            else f'<span class="swatch" style="background:{theme_color(codebook, row["theme"])}">'
+            "</span>"
+        )
+        cells = [f"<td>{swatch}{_h(row['label'])}</td>"]
+        cells += [
+            f'<td class="num">{row["segments"]}</td>',
+            f'<td class="num">{_percent(row["share"])}</td>',
+        ]
+        if coded.predictions:
+            cells += [
+                f'<td class="num">{row["flagged"]}</td>',
+                f'<td class="num">{row["unflagged"]}</td>',
+            ]
+        css = ' class="total"' if is_total else ""
+        out.append(f"<tr{css}{attrs}>{''.join(cells)}</tr>")
+    out += ["</tbody>", "</table>"]
+    if len(themes) and int(themes["segments"].sum()) > int(total["segments"]):
+        out.append(
+            '<p class="note">Ett segment med flera teman räknas en gång per tema; andelen är '
+            "andelen av alla kodningar.</p>"
+        )
+    out.append("</section>")
+
+    if by and len(groups) > 1:
+        swedish, english = _by_name(by)
+        out += [
+            '<section id="groups">',
+            f"<h2>Per {_h(swedish)} <span class='en'>· By {_h(english)}</span></h2>",
+        ]
+        if "groups" in charts:
+            out.append(
+                f'<img class="chart" alt="Stapeldiagram: teman per {_h(swedish)}" '
+                f'src="{_data_uri(charts["groups"])}">'
+            )
+        shown = groups[:MAX_TABLE_GROUPS]
+        out += ['<table class="by-group">', "<thead><tr><th>Tema</th>"]
+        out += [f'<th class="num">{_h(_short(g, 30))}</th>' for g in shown]
+        out += ["</tr></thead>", "<tbody>"]
+        for _, row in counts.iterrows():
+            css = ' class="total"' if row["theme"] == TOTAL else ""
+            cells = [f"<td>{_h(row['label'])}</td>"]
+            for group in shown:
+                cell = str(row[names[group]])
+                if coded.predictions:
+                    cell += f" ({row[names[group] + ' (unflagged)']})"
+                cells.append(f'<td class="num" data-group="{_h(group)}">{cell}</td>')
+            out.append(f'<tr{css} data-theme="{_h(row["theme"])}">{"".join(cells)}</tr>')
+        out += ["</tbody>", "</table>"]
+        if coded.predictions:
+            out.append('<p class="note">Antal segment (varav säkra, ej flaggade).</p>')
+        if len(groups) > len(shown):
+            out.append(f'<p class="note">{len(groups) - len(shown)} grupper till visas inte.</p>')
+        out.append("</section>")
+
+    out += [
+        '<section id="themes">',
+        "<h2>Teman och citat <span class='en'>· Themes and quotes</span></h2>",
+    ]
+    if coded.predictions:
+        among = "" if include_flagged else ", bland dem som inte flaggats"
+        out.append(
+            f'<p class="note">Citaten är de segment modellen är säkrast på{among}, utan '
+            "nästan likadana citat.</p>"
+        )
+    for theme in codebook.themes:
+        row = themes[themes["theme"] == theme.id].iloc[0]
+        flagged = int(row["flagged"]) if coded.predictions else 0
+        out.append(
+            f'<article class="theme" id="theme-{_h(theme.id)}" data-theme="{_h(theme.id)}" '
+            f'data-segments="{row["segments"]}" data-flagged="{flagged}">'
+        )
+        english = f" <small>· {_h(theme.label_en)}</small>" if theme.label_en else ""
+        out.append(
+            f'<h3><span class="swatch" style="background:{theme_color(codebook, theme.id)}">'
+            f"</span>{_h(theme.label)}{english}</h3>"
+        )
+        out.append(f'<p class="description">{_h(theme.description)}</p>')
+        summary = f"<strong>{row['segments']} segment</strong> ({_percent(row['share'])})"
+        if coded.predictions:
+            summary += f", varav {flagged} flaggade för granskning"
+        out.append(f'<p class="count">{summary}.</p>')
+        quotes = exemplars[exemplars["theme"] == theme.id]
+        if len(quotes):
+            out.append('<ol class="quotes">')
+            for _, quote in quotes.iterrows():
+                source = _source_text(quote, confidence=float(quote["confidence"]))
+                if quote["needs_review"]:
+                    source += " · flaggad"
+                out.append(
+                    f"<li><blockquote>{_h(quote['text'])}</blockquote>"
+                    f'<p class="source">{_h(source)}</p></li>'
+                )
+            out.append("</ol>")
+        elif row["segments"] and coded.predictions and not include_flagged:
+            out.append(
+                '<p class="note">Inga säkra citat: alla segment med temat är flaggade för '
+                "granskning.</p>"
+            )
+        out.append("</article>")
+    out.append("</section>")
+
+    if coded.predictions:
+        flagged_rows = coded.frame[coded.frame["_flagged"]]
+        out += [
+            '<section id="review">',
+            f"<h2>Flaggade för granskning <span class='en'>· Flagged for review</span> "
+            f"({len(flagged_rows)})</h2>",
+        ]
+        if len(flagged_rows):
+            out.append(
+                '<p class="note">Modellen var inte säker nog för målträffsäkerheten; en kodare '
+                "bör avgöra dessa (<code>qualcode review</code>).</p>"
+            )
+            out += [
+                '<table class="flagged">',
+                "<thead><tr><th>Segment</th><th>Tema</th><th>Alternativ</th>"
+                '<th class="num">Säkerhet</th><th>Källa</th></tr></thead>',
+                "<tbody>",
+            ]
+            for _, row in flagged_rows.iterrows():
+                labels = "; ".join(codebook.get(t).label for t in row["_themes"])
+                second = str(row.get("second_theme", "")).strip()
+                second_label = codebook.get(second).label if second in codebook.ids else second
+                out.append(
+                    f'<tr data-segment="{_h(row.get("segment_id", ""))}">'
+                    f"<td>{_h(row['text'])}</td><td>{_h(labels)}</td>"
+                    f"<td>{_h(second_label)}</td>"
+                    f'<td class="num">{row["_confidence"] * 100:.0f} %</td>'
+                    f"<td>{_h(_source_text(row))}</td></tr>"
+                )
+            out += ["</tbody>", "</table>"]
+        out.append("</section>")
+
+    out += [
+        f"<footer>qualcode · {_h(dt.date.today().isoformat())}"
+        + (f" · {_h(source_name)}" if source_name else "")
+        + "</footer>",
+        "</main>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- report
@@ -944,7 +802,7 @@ def _markdown(
 class ReportResult:
     """What :func:`report` wrote: ``paths`` by role, the counts table and any notes."""
 
-    out_dir: Path
+    output: Path
     paths: dict[str, Path]
     counts: pd.DataFrame
     kind: str
@@ -960,78 +818,85 @@ def _safe_name(value: str) -> str:
 def report(
     table: pd.DataFrame,
     codebook: Codebook,
-    out_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     by: str | None = "document",
     exemplars: int = 3,
     include_flagged: bool = False,
     source_name: str = "",
+    pseudonymiser: Pseudonymiser | None = None,
+    sources: Sequence[str | os.PathLike[str]] = (),
 ) -> ReportResult:
-    """Write the report files (see the module docstring) into ``out_dir`` (created).
+    """Write the report (see the module docstring): one HTML file if ``output`` ends in
+    ``.html``, else a directory (created) with the HTML, Markdown, counts, charts and exports.
 
     ``table`` is a predictions or labels table (every cell a string, as
     :func:`qualcode.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
     metadata column (``None``: ``document`` when present); ``source_name`` names the input file
-    in the report. Bad input raises :class:`QualcodeError` before anything is written.
+    in the report; ``sources`` are the segmented documents for the REFI-QDA export. Bad input
+    raises :class:`QualcodeError` before anything is written.
     """
-    coded = _prepare(table, codebook, what=repr(source_name) if source_name else "input")
-    by = _resolve_by(coded, by)
-    counts = _counts(coded, codebook, by)
+    what = repr(source_name) if source_name else "input"
+    coded = read_coded(table, codebook, what=what, pseudonymiser=pseudonymiser)
+    summary = pseudonymiser.summary() if pseudonymiser is not None else ""
+    by = resolve_by(coded, by)
+    counts = count_themes(coded, codebook, by)
     quotes = _exemplars(coded, codebook, exemplars, include_flagged)
-    groups = _groups(coded, by)
-    names = _group_names(coded, by, groups)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise QualcodeError(f"output {str(out)!r} is a file; give a directory for the report.")
-    messages: list[str] = []
-    paths: dict[str, Path] = {}
-
-    write_table(counts, out / "theme_counts.csv")
-    paths["counts"] = out / "theme_counts.csv"
-
-    charts: dict[str, str] = {}
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        messages.append(
-            "matplotlib is not installed, so no charts were drawn (pip install 'qualcode[charts]')."
+    groups = group_list(coded, by)
+    names = group_columns(coded, by, groups)
+    output = Path(output)
+    single = output.suffix.lower() in (".html", ".htm")
+    if single and output.is_dir():
+        raise QualcodeError(f"output {str(output)!r} is a directory; give a file name.")
+    if not single and output.exists() and not output.is_dir():
+        raise QualcodeError(
+            f"output {str(output)!r} is a file; give a directory for the report, or a name "
+            "ending in .html for the HTML report alone."
         )
+    charts = {"themes": _themes_chart(counts, coded, source_name, codebook)}
+    if by and len(groups) > 1:
+        charts["groups"] = _groups_chart(counts, coded, groups, names, by, source_name)
+    messages: list[str] = [summary] if summary else []
+    contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
+    if single:
+        paths: dict[str, Path] = {}
     else:
-        atomic_write_bytes(out / "themes.png", _themes_chart(counts, coded, source_name, codebook))
-        paths["themes_chart"] = out / "themes.png"
-        charts["themes"] = "themes.png"
-        if by and len(groups) > 1:
-            name = f"themes_by_{_safe_name(by)}.png"
-            atomic_write_bytes(
-                out / name, _groups_chart(counts, coded, groups, names, by, source_name)
-            )
-            paths["groups_chart"] = out / name
-            charts["groups"] = name
-
-    description = f"Exported by qualcode from {source_name}." if source_name else ""
-    atomic_write_bytes(out / "codes.qdpx", _qdpx_bytes(coded, codebook, description=description))
-    paths["qdpx"] = out / "codes.qdpx"
-    write_table(_matrix(coded, codebook), out / "coded_segments.xlsx")
-    paths["matrix"] = out / "coded_segments.xlsx"
-
-    text = _markdown(
-        coded,
-        codebook,
-        counts,
-        quotes,
-        by=by,
-        groups=groups,
-        names=names,
-        charts=charts,
-        source_name=source_name,
-        include_flagged=include_flagged,
-        n=exemplars,
-    )
-    atomic_write_text(out / "report.md", text)
-    paths["report"] = out / "report.md"
+        out = output
+        paths = {"counts": out / "theme_counts.csv", "themes_chart": out / "themes.png"}
+        write_table(counts, paths["counts"])
+        atomic_write_bytes(paths["themes_chart"], charts["themes"])
+        if "groups" in charts:
+            paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
+            atomic_write_bytes(paths["groups_chart"], charts["groups"])
+        # The exports share the pseudonymiser, so a value has the same placeholder everywhere.
+        paths["matrix"] = write_workbook(
+            table, codebook, out / "coded_segments.xlsx", pseudonymiser=pseudonymiser
+        ).path
+        qdpx = write_qdpx(
+            table,
+            codebook,
+            out / "codes.qdpx",
+            sources=sources,
+            pseudonymiser=pseudonymiser,
+            description=f"Exported by qualcode from {source_name}." if source_name else "",
+        )
+        paths["qdpx"] = qdpx.path
+        messages += qdpx.messages
+        if qdpx.pseudonymised and qdpx.pseudonymised != summary:
+            messages.append(f"codes.qdpx (segments and source documents) {qdpx.pseudonymised}")
+        chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
+        images = {"themes": chart_files["themes_chart"]}
+        if "groups_chart" in chart_files:
+            images["groups"] = chart_files["groups_chart"]
+        text = _markdown(contents, images, exemplars)
+        paths["markdown"] = out / "report.md"
+        atomic_write_text(paths["markdown"], text)
+    page = _html(contents, charts, summary)
+    paths["report"] = output if single else output / "report.html"
+    atomic_write_text(paths["report"], page)
     total = counts[counts["theme"] == TOTAL].iloc[0]
     return ReportResult(
-        out_dir=out,
+        output=output,
         paths=paths,
         counts=counts,
         kind=coded.kind,

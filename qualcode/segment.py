@@ -38,7 +38,14 @@ from qualcode.tables import check_file, read_table, read_text, spreadsheet_rows
 if TYPE_CHECKING:
     from docx.text.paragraph import Paragraph
 
-__all__ = ["SEGMENT_COLUMNS", "UNITS", "segment", "segment_text", "split_sentences"]
+__all__ = [
+    "SEGMENT_COLUMNS",
+    "UNITS",
+    "DocumentText",
+    "segment",
+    "segment_text",
+    "split_sentences",
+]
 
 SEGMENT_COLUMNS = ["segment_id", "document", "section", "line_start", "line_end", "text"]
 UNITS = ("paragraph", "sentence")
@@ -68,6 +75,7 @@ _EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])(.+?)(?<=[^\s*_])\1(?![\w*])
 _CLOSERS = "\"'”’»)]*_ "
 _QUOTES = '"“”«»„'
 _TERMINAL = ".!?…"
+_NOT_ALNUM = "".join(map(chr, range(0x20, 0x30))) + ":;<=>?@[\\]^_`{|}~«»“”„’–—…"
 
 _ABBREVIATIONS = frozenset(
     """t.ex. bl.a. s.k. d.v.s. dvs. ca. c:a. nr. p.g.a. pga. fr.o.m. t.o.m. resp. jfr. kap. ff.
@@ -577,6 +585,78 @@ def _docx_lines(path: Path) -> list[_Line]:
                         add(paragraph, in_table=True)
                     lines.append(_Line(number, ""))  # cell boundary, not a paragraph
     return lines
+
+
+@dataclass
+class DocumentText:
+    """A document's plain text as :func:`segment` read it (lines joined by ``\\n``), to find
+    its segments in it again, e.g. for an export with character offsets."""
+
+    name: str
+    text: str
+    line_starts: list[int]
+
+    @classmethod
+    def from_lines(cls, name: str, lines: Sequence[str]) -> DocumentText:
+        starts, position = [], 0
+        for line in lines:
+            starts.append(position)
+            position += len(line) + 1
+        return cls(name, "\n".join(lines), starts)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DocumentText:
+        """Read a .txt/.md/.docx document; line ``n`` of :func:`segment` is line ``n`` here
+        (for .docx: paragraph ``n``)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            lines = [line.text for line in _text_lines(read_text(path, what="document"))]
+        elif suffix == ".docx":
+            check_file(path, what="document")
+            numbered = {line.no: line.text for line in _docx_lines(path) if line.text}
+            lines = [numbered.get(no, "") for no in range(1, max(numbered, default=0) + 1)]
+        else:
+            raise QualcodeError(
+                f"{path.name!r} is not a text document (.txt, .md, .docx); survey tables have "
+                "no running text to point into."
+            )
+        return cls.from_lines(path.name, lines)
+
+    def span(self, line_start: int, line_end: int, text: str) -> tuple[int, int] | None:
+        """Character offsets of segment ``text`` from lines ``line_start``–``line_end``.
+
+        Exact where the text stands verbatim in those lines; else the span from its first to
+        its last character, ignoring whitespace, soft hyphens and markup; None when the lines
+        do not hold the segment (the document changed since it was segmented).
+        """
+        if not 1 <= line_start <= line_end <= len(self.line_starts):
+            return None
+        base = self.line_starts[line_start - 1]
+        stop = (
+            self.line_starts[line_end] - 1 if line_end < len(self.line_starts) else len(self.text)
+        )
+        window = self.text[base:stop]
+        found = window.find(text)
+        if found >= 0:
+            return base + found, base + found + len(text)
+        # Compare on letters and digits only: whitespace, markup, bullets and the joins of
+        # sub-bullets (": ", "; ") are what the segmenter changes.
+        kept = [(i, ch) for i, ch in enumerate(window) if ch.isalnum()]
+        letters = "".join(ch for _, ch in kept)
+        wanted = "".join(ch for ch in text if ch.isalnum())
+        found = letters.find(wanted) if wanted else -1
+        if found < 0:
+            return None
+        start, end = kept[found][0], kept[found + len(wanted) - 1][0] + 1
+        # Take in the punctuation and quotes around the words where the text has them too.
+        head = text[: len(text) - len(text.lstrip(_NOT_ALNUM))]
+        tail = text[len(text.rstrip(_NOT_ALNUM)) :]
+        if head and window[max(0, start - len(head)) : start] == head:
+            start -= len(head)
+        if tail and window[end : end + len(tail)] == tail:
+            end += len(tail)
+        return base + start, base + end
 
 
 def _free_name(name: str, taken: set[str]) -> str:

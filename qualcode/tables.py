@@ -34,8 +34,10 @@ __all__ = [
     "file_sha256",
     "read_table",
     "read_text",
+    "sheet_name",
     "spreadsheet_rows",
     "write_table",
+    "xlsx_bytes",
 ]
 
 TEXT_TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -433,30 +435,64 @@ def _csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _xlsx_bytes(df: pd.DataFrame) -> bytes:
+_SHEET_NAME_BAD = str.maketrans(dict.fromkeys("[]:*?/\\", "-"))
+
+
+def sheet_name(name: str, taken: Iterable[str] = ()) -> str:
+    """A valid, unique Excel sheet name for ``name`` (at most 31 characters, no ``[]:*?/\\``)."""
+    base = " ".join(str(name).translate(_SHEET_NAME_BAD).split()).strip("'") or "Blad"
+    taken_lower = {t.lower() for t in taken}
+    candidate, n = base[:31], 1
+    while candidate.lower() in taken_lower:
+        n += 1
+        suffix = f" ({n})"
+        candidate = base[: 31 - len(suffix)] + suffix
+    return candidate
+
+
+def _column_width(name: str, values: pd.Series) -> float:
+    lengths = [len(str(name))] + [len(str(v)) for v in values.head(200)]
+    return float(min(max(8, max(lengths) + 2), 80))
+
+
+def xlsx_bytes(sheets: Mapping[str, pd.DataFrame], *, layout: bool = True) -> bytes:
+    """An .xlsx workbook with one sheet per item of ``sheets`` (name → table, in order).
+
+    Text cells are typed as text, never formulas. With ``layout``: the header row is frozen,
+    filters are on, and column widths fit the content (at most 80 characters).
+    """
     import openpyxl
     from openpyxl.cell import WriteOnlyCell
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    from openpyxl.utils import get_column_letter
 
     workbook = openpyxl.Workbook(write_only=True)
-    sheet = workbook.create_sheet()
+    for name, df in sheets.items():
+        sheet = workbook.create_sheet(name)
 
-    def cell(value: object) -> object:
-        if isinstance(value, str):
-            if value.startswith("'"):
-                value = str(_neutralise(value))  # read_table strips one "'" before "= + - @"
-            c = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("", value))
-            c.data_type = "s"  # never a formula, even if the text starts with "="
-            return c
-        if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)):
-            return None
-        if hasattr(value, "item"):  # numpy scalar -> Python scalar
-            value = value.item()
-        return value
+        def cell(value: object, sheet: Any = sheet) -> object:
+            if isinstance(value, str):
+                if value.startswith("'"):
+                    value = str(_neutralise(value))  # read_table strips one "'" before "= + - @"
+                c = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("", value))
+                c.data_type = "s"  # never a formula, even if the text starts with "="
+                return c
+            if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)):
+                return None
+            if hasattr(value, "item"):  # numpy scalar -> Python scalar
+                value = value.item()
+            return value
 
-    sheet.append([cell(str(c)) for c in df.columns])
-    for row in df.itertuples(index=False, name=None):
-        sheet.append([cell(v) for v in row])
+        if layout and len(df.columns):
+            sheet.freeze_panes = "A2"
+            last = get_column_letter(len(df.columns))
+            sheet.auto_filter.ref = f"A1:{last}{len(df) + 1}"
+            for i, column in enumerate(df.columns, start=1):
+                width = _column_width(column, df.iloc[:, i - 1])
+                sheet.column_dimensions[get_column_letter(i)].width = width
+        sheet.append([cell(str(c)) for c in df.columns])
+        for row in df.itertuples(index=False, name=None):
+            sheet.append([cell(v) for v in row])
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
@@ -473,7 +509,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, excel: bool =
     """
     path = Path(path)
     if path.suffix.lower() == ".xlsx":
-        atomic_write_bytes(path, _xlsx_bytes(df))
+        atomic_write_bytes(path, xlsx_bytes({"Blad1": df}))
         return
     text = _csv_frame(df).to_csv(
         index=False,

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from qualcode.cli_report import report as report_cmd
 from qualcode.codebook import load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.report import QDA_NAMESPACE, exemplar_quotes, report, theme_counts, write_qdpx
+from qualcode.export import QDA_NAMESPACE, write_qdpx
+from qualcode.report import exemplar_quotes, report, theme_counts
 from qualcode.tables import read_table, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,7 +289,7 @@ def test_exemplars_are_the_most_confident_unflagged(predictions, codebook, pred_
     first = with_flagged.set_index("theme").loc["coordination_roles"]
     assert first["text"] == "Samordnaren slutade och ingen tog över." and first["needs_review"]
 
-    markdown = pred_report.paths["report"].read_text(encoding="utf-8")
+    markdown = pred_report.paths["markdown"].read_text(encoding="utf-8")
     assert markdown.startswith("# Samverkan region–primärvård–kommun")
     assert "`predictions.csv`" in markdown
     assert (
@@ -322,7 +323,7 @@ def test_qdpx_is_refi_qda_and_stable(pred_report, predictions, codebook, tmp_pat
         if "flaggad" in (s.findtext(f"{Q}Description") or "")
     ]
     assert len(flagged) == 4
-    again = write_qdpx(predictions, codebook, tmp_path / "again.qdpx")
+    again = write_qdpx(predictions, codebook, tmp_path / "again.qdpx").path
     first_guids = [e.get("guid") for e in root.iter() if e.get("guid")]
     second_guids = [e.get("guid") for e in _qde(again)[0].iter() if e.get("guid")]
     assert first_guids == second_guids
@@ -331,7 +332,7 @@ def test_qdpx_is_refi_qda_and_stable(pred_report, predictions, codebook, tmp_pat
 
 def test_code_matrix_xlsx(pred_report, predictions, codebook):
     workbook = openpyxl.load_workbook(pred_report.paths["matrix"], read_only=True)
-    rows = list(workbook.worksheets[0].iter_rows(values_only=True))
+    rows = list(workbook["Alla segment"].iter_rows(values_only=True))
     workbook.close()
     header, body = rows[0], rows[1:]
     assert len(body) == len(predictions)
@@ -376,7 +377,7 @@ def test_seed_set_labels_report(seed_report, seed_labels, codebook):
     for theme in codebook.ids:
         first = seed_labels[seed_labels["theme"].str.split(";").map(lambda ids, t=theme: t in ids)]
         assert quotes[quotes["theme"] == theme]["text"].tolist() == first["text"].head(3).tolist()
-    markdown = seed_report.paths["report"].read_text(encoding="utf-8")
+    markdown = seed_report.paths["markdown"].read_text(encoding="utf-8")
     assert "kodare seed" in markdown and "säkerhet" not in markdown
     assert "andelen av alla kodningar" in markdown  # some segments carry two themes
 
@@ -386,7 +387,7 @@ def test_seed_set_labels_report(seed_report, seed_labels, codebook):
     assert {u.get("name") for u in root.iter(f"{Q}User")} == {"qualcode", "seed"}
 
     workbook = openpyxl.load_workbook(seed_report.paths["matrix"], read_only=True)
-    rows = list(workbook.worksheets[0].iter_rows(values_only=True))
+    rows = list(workbook["Alla segment"].iter_rows(values_only=True))
     workbook.close()
     matrix = pd.DataFrame(rows[1:], columns=rows[0])
     assert len(matrix) == 206
@@ -418,7 +419,7 @@ def test_several_coders_count_a_segment_once(codebook, tmp_path):
     assert counts.loc["digital_communication", "segments"] == 1
     assert counts.loc["steering", "segments"] == 2
     assert counts.loc["total", "segments"] == 2  # the skipped row is not a coded segment
-    root, texts = _qde(write_qdpx(labels, codebook, tmp_path / "c.qdpx"))
+    root, texts = _qde(write_qdpx(labels, codebook, tmp_path / "c.qdpx").path)
     users = {u.get("name"): u.get("guid") for u in root.iter(f"{Q}User")}
     assert set(users) == {"qualcode", "anna", "bo"}
     first = next(root.iter(f"{Q}PlainTextSelection"))
@@ -485,6 +486,7 @@ def test_cli(predictions_path, tmp_path):
         "themes.png",
         "themes_by_section.png",
         "report.md",
+        "report.html",
         "codes.qdpx",
         "coded_segments.xlsx",
     }

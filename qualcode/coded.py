@@ -1,0 +1,325 @@
+"""Reading a predictions or labels table into one row per coded segment, and counting themes.
+
+Shared by :mod:`qualcode.report` and :mod:`qualcode.export`. Input is a predictions table from
+``qualcode classify`` (it has a ``confidence`` column and a ``needs_review`` flag) or a labels
+table (``text``, ``theme`` with ``;``-separated themes, maybe ``coder``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from qualcode.codebook import Codebook
+from qualcode.errors import QualcodeError
+from qualcode.pseudonymise import Pseudonymiser
+from qualcode.tables import spreadsheet_rows
+
+__all__ = [
+    "NONE_GROUP",
+    "PREDICTION_COLUMNS",
+    "PROVENANCE",
+    "TOTAL",
+    "CodedTable",
+    "count_themes",
+    "read_coded",
+    "resolve_by",
+    "theme_counts",
+]
+
+TOTAL = "total"
+NONE_GROUP = "(ingen)"
+PROVENANCE = ("segment_id", "document", "section", "line_start", "line_end")
+
+# What `qualcode classify` adds to each segment.
+PREDICTION_COLUMNS = (
+    "theme",
+    "themes",
+    "confidence",
+    "second_theme",
+    "margin",
+    "needs_review",
+    "review_reason",
+)
+# Columns that hold ids, numbers and flags, never personal data in running text.
+_NOT_PERSONAL = {"segment_id", "document", "line_start", "line_end", "coder", "labelled_at"}
+_NOT_PERSONAL.update(PREDICTION_COLUMNS)
+_TRUE = {"true", "1", "yes", "ja", "sant"}
+_FALSE = {"false", "0", "no", "nej", "falskt", ""}
+
+
+@dataclass
+class CodedTable:
+    """One row per segment, in reading order, with the input columns (as text) and
+    ``_themes`` (ids), ``_codings`` ((theme, coder) pairs), ``_confidence``, ``_flagged``,
+    ``_index`` (first row in the file), ``_key`` (segment id or a hash of the text),
+    ``_document`` (the document, ``segments`` if none) and ``_original_text``."""
+
+    frame: pd.DataFrame
+    kind: str  # "predictions" or "labels"
+    coders: list[str]
+    codebook: Codebook
+
+    @property
+    def predictions(self) -> bool:
+        return self.kind == "predictions"
+
+
+def column_text(table: pd.DataFrame, name: str) -> pd.Series:
+    if name in table.columns:
+        return table[name].fillna("").astype(str)
+    return pd.Series([""] * len(table), index=table.index, dtype=str)
+
+
+def parse_number(value: object) -> float:
+    text = str(value).strip().replace(",", ".")
+    if not text:
+        return math.nan
+    return float(text)
+
+
+def _parse_confidence(values: pd.Series, rows: list[int]) -> list[float]:
+    out = []
+    for value, row in zip(values, rows):
+        try:
+            out.append(parse_number(value))
+        except ValueError:
+            raise QualcodeError(
+                f"row {row}: confidence {str(value)!r} is not a number; the predictions file "
+                "from `qualcode classify` has numbers such as 0.87 there."
+            ) from None
+    return out
+
+
+def _parse_flags(values: pd.Series, rows: list[int]) -> list[bool]:
+    out = []
+    for value, row in zip(values, rows):
+        key = str(value).strip().lower()
+        if key in _TRUE:
+            out.append(True)
+        elif key in _FALSE:
+            out.append(False)
+        else:
+            raise QualcodeError(
+                f"row {row}: needs_review {str(value)!r} is neither true nor false; "
+                "fix the cell (true/false)."
+            )
+    return out
+
+
+def _segment_key(segment_id: str, document: str, section: str, text: str) -> str:
+    if segment_id.strip():
+        return segment_id.strip()
+    digest = hashlib.sha1(f"{document}\n{section}\n{text}".encode()).hexdigest()[:16]
+    return f"text:{digest}"
+
+
+def _line_number(value: str) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return math.inf
+
+
+def read_coded(
+    table: pd.DataFrame,
+    codebook: Codebook,
+    *,
+    what: str = "input",
+    pseudonymiser: Pseudonymiser | None = None,
+) -> CodedTable:
+    """Validate ``table`` and merge it into one row per segment (see :class:`CodedTable`).
+
+    With a ``pseudonymiser``, personal data in the text, section and metadata columns is
+    replaced, in reading order (``_original_text`` keeps the text as it was).
+    """
+    if not isinstance(table, pd.DataFrame) or table.empty:
+        raise QualcodeError(f"{what} has no rows; give a predictions or labels file with data.")
+    missing = [c for c in ("text", "theme") if c not in table.columns]
+    if missing:
+        raise QualcodeError(
+            f"{what} is missing column(s) {', '.join(map(repr, missing))}; columns found: "
+            f"{', '.join(map(repr, map(str, table.columns)))}. A predictions file from "
+            "`qualcode classify` or a labels file (text, theme) is needed."
+        )
+    kind = "predictions" if "confidence" in table.columns else "labels"
+    rows = spreadsheet_rows(table)
+    theme_cells = column_text(table, "theme")
+    if kind == "predictions" and "themes" in table.columns:  # multi-label model
+        multi = column_text(table, "themes")
+        theme_cells = multi.where(multi.str.strip() != "", theme_cells)
+    parsed = codebook.check_themes(theme_cells, what=f"{what} column 'theme'", rows=rows)
+    text = column_text(table, "text")
+    frame = table.fillna("").astype(str).copy()
+    frame["_themes"] = parsed
+    frame["_index"] = range(len(frame))
+    if kind == "predictions":
+        frame["_confidence"] = _parse_confidence(column_text(table, "confidence"), rows)
+        frame["_flagged"] = _parse_flags(column_text(table, "needs_review"), rows)
+    else:
+        frame["_confidence"] = math.nan
+        frame["_flagged"] = False
+    coder = column_text(table, "coder").str.strip()
+    frame["_coder"] = coder.where(coder != "", "qualcode" if kind == "predictions" else "")
+    keep = [bool(ids) and bool(t.strip()) for ids, t in zip(parsed, text)]
+    frame = frame[keep].copy()
+    if frame.empty:
+        raise QualcodeError(
+            f"{what} has no coded rows (every 'theme' or 'text' cell is empty); "
+            "label some segments or give the predictions file."
+        )
+    frame["_key"] = [
+        _segment_key(*values)
+        for values in zip(
+            column_text(frame, "segment_id"),
+            column_text(frame, "document"),
+            column_text(frame, "section"),
+            frame["text"],
+        )
+    ]
+    # For a (segment, coder) pair the last row counts (the labeller appends; undo rewrites).
+    frame = frame.drop_duplicates(["_key", "_coder"], keep="last")
+    if frame["_key"].is_unique:
+        frame["_codings"] = [
+            [(theme_id, who) for theme_id in ids]
+            for ids, who in zip(frame["_themes"], frame["_coder"])
+        ]
+    else:  # several coders: one row per segment, the union of their themes
+        merged = []
+        for _, group in frame.groupby("_key", sort=False):
+            row = group.iloc[-1].copy()
+            themes: list[str] = []
+            codings: list[tuple[str, str]] = []
+            for ids, who in zip(group["_themes"], group["_coder"]):
+                themes += [t for t in ids if t not in themes]
+                codings += [(t, who) for t in ids]
+            row["_themes"], row["_codings"] = themes, codings
+            row["_index"] = int(group["_index"].min())
+            merged.append(row)
+        frame = pd.DataFrame(merged).astype({"_flagged": bool, "_confidence": float, "_index": int})
+    frame = frame.reset_index(drop=True)
+    # Reading order: documents in order of appearance, then line numbers, then file order.
+    doc_rank = {d: i for i, d in enumerate(dict.fromkeys(column_text(frame, "document")))}
+    frame["_order_key"] = list(
+        zip(
+            [doc_rank[d] for d in column_text(frame, "document")],
+            [_line_number(v) for v in column_text(frame, "line_start")],
+            frame["_index"],
+        )
+    )
+    frame = frame.sort_values("_order_key", kind="stable").reset_index(drop=True)
+    coders = [c for c in dict.fromkeys(frame["_coder"]) if c] if kind == "labels" else []
+    document = column_text(frame, "document").str.strip()
+    frame["_document"] = document.where(document != "", "segments")
+    frame["_original_text"] = frame["text"]
+    if pseudonymiser is not None:
+        _pseudonymise(frame, pseudonymiser)
+    return CodedTable(frame=frame, kind=kind, coders=coders, codebook=codebook)
+
+
+def _pseudonymise(frame: pd.DataFrame, pseudonymiser: Pseudonymiser) -> None:
+    columns = ["text"] + [
+        c
+        for c in frame.columns
+        if c not in _NOT_PERSONAL and c != "text" and not c.startswith(("_", "p_"))
+    ]
+    values = {c: frame[c].tolist() for c in columns}
+    for i in range(len(frame)):
+        for column in columns:
+            values[column][i] = pseudonymiser.replace(str(values[column][i]))
+    for column in columns:
+        frame[column] = values[column]
+
+
+def resolve_by(coded: CodedTable, by: str | None) -> str | None:
+    if by is None:
+        return "document" if "document" in coded.frame.columns else None
+    if by not in coded.frame.columns or by.startswith("_"):
+        columns = [c for c in coded.frame.columns if not str(c).startswith("_")]
+        raise QualcodeError(
+            f"--by column {by!r} is not in the input; columns: {', '.join(map(repr, columns))}."
+        )
+    return by
+
+
+def group_values(coded: CodedTable, by: str) -> pd.Series:
+    return coded.frame[by].astype(str).str.strip().replace("", NONE_GROUP)
+
+
+def group_list(coded: CodedTable, by: str | None) -> list[str]:
+    return list(dict.fromkeys(group_values(coded, by))) if by else []
+
+
+def _fixed_columns(coded: CodedTable) -> list[str]:
+    fixed = ["theme", "label", "label_en", "segments", "share"]
+    return fixed + ["flagged", "unflagged"] if coded.predictions else fixed
+
+
+def group_columns(coded: CodedTable, by: str | None, groups: list[str]) -> dict[str, str]:
+    """Column name per group: the value itself, unless it clashes with a fixed column."""
+    fixed = _fixed_columns(coded)
+    return {g: g if g not in fixed else f"{by}: {g}" for g in groups}
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def count_themes(coded: CodedTable, codebook: Codebook, by: str | None) -> pd.DataFrame:
+    frame = coded.frame
+    groups = group_list(coded, by)
+    group_of = group_values(coded, by) if by else None
+    names = group_columns(coded, by, groups)
+    has = {t.id: frame["_themes"].map(lambda ids, t=t.id: t in ids) for t in codebook.themes}
+    total_codings = sum(int(mask.sum()) for mask in has.values())
+    rows = []
+    for theme in codebook.themes:
+        mask = has[theme.id]
+        row: dict[str, Any] = {
+            "theme": theme.id,
+            "label": theme.label,
+            "label_en": theme.label_en,
+            "segments": int(mask.sum()),
+            "share": round(int(mask.sum()) / total_codings, 4) if total_codings else 0.0,
+        }
+        if coded.predictions:
+            row["flagged"] = int((mask & frame["_flagged"]).sum())
+            row["unflagged"] = row["segments"] - row["flagged"]
+        rows.append(row)
+    total: dict[str, Any] = {
+        "theme": TOTAL,
+        "label": "Totalt",
+        "label_en": "Total",
+        "segments": len(frame),
+        "share": 1.0,
+    }
+    if coded.predictions:
+        total["flagged"] = int(frame["_flagged"].sum())
+        total["unflagged"] = len(frame) - total["flagged"]
+    rows.append(total)
+    table = pd.DataFrame(rows)
+    for group in groups:
+        in_group = group_of == group
+        masks = [has[t.id] & in_group for t in codebook.themes] + [in_group]
+        table[names[group]] = [int(m.sum()) for m in masks]
+        if coded.predictions:
+            table[f"{names[group]} (unflagged)"] = [
+                int((m & ~frame["_flagged"]).sum()) for m in masks
+            ]
+    return table
+
+
+def theme_counts(
+    table: pd.DataFrame, codebook: Codebook, *, by: str | None = "document"
+) -> pd.DataFrame:
+    """Segments per theme (codebook order, then a ``total`` row) and per group of ``by``.
+
+    Columns: ``theme, label, label_en, segments, share`` (+ ``flagged, unflagged`` for
+    predictions), then one column per value of ``by`` (+ ``<value> (unflagged)``). ``by=None``
+    groups by ``document`` when the table has it, else not at all.
+    """
+    coded = read_coded(table, codebook)
+    return count_themes(coded, codebook, resolve_by(coded, by))
