@@ -543,6 +543,8 @@ th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: lef
   vertical-align: top; }
 th { background: #f0f3f6; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.scroll { overflow-x: auto; }
+table.by-group th { white-space: normal; min-width: 7em; }
 tr.total td { font-weight: 600; border-top: 2px solid var(--ink); }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 8px; }
 article.theme { border: 1px solid var(--line); border-radius: 6px;
@@ -686,7 +688,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                 f'src="{_data_uri(charts["groups"])}">'
             )
         shown = groups[:MAX_TABLE_GROUPS]
-        out += ['<table class="by-group">', "<thead><tr><th>Tema</th>"]
+        out += ['<div class="scroll">', '<table class="by-group">', "<thead><tr><th>Tema</th>"]
         out += [f'<th class="num">{_h(_short(g, 30))}</th>' for g in shown]
         out += ["</tr></thead>", "<tbody>"]
         for _, row in counts.iterrows():
@@ -698,7 +700,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                     cell += f" ({row[names[group] + ' (unflagged)']})"
                 cells.append(f'<td class="num" data-group="{_h(group)}">{cell}</td>')
             out.append(f'<tr{css} data-theme="{_h(row["theme"])}">{"".join(cells)}</tr>')
-        out += ["</tbody>", "</table>"]
+        out += ["</tbody>", "</table>", "</div>"]
         if coded.predictions:
             out.append('<p class="note">Antal segment (varav säkra, ej flaggade).</p>')
         if len(groups) > len(shown):
