@@ -41,10 +41,12 @@ def skane_notes(corpora: Path) -> pd.DataFrame:
 
 
 def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True) -> DemoResult:
-    """Train → classify → write ``segments.csv`` and ``predictions.csv`` under ``output``."""
+    """Train → classify → write ``segments.csv``, ``predictions.csv`` and the HTML report
+``report.html`` (themes per discussion group) under ``output``."""
     from qualcode.classify import classify, summarize, write_predictions
     from qualcode.codebook import load_codebook
-    from qualcode.tables import write_table
+    from qualcode.report import report
+    from qualcode.tables import read_table, write_table
     from qualcode.train import read_labels, train
 
     corpora = corpora_dir()
@@ -57,6 +59,13 @@ def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True
     write_table(notes, output / "segments.csv")
     predictions = classify(model, notes, progress=progress)
     write_predictions(predictions, output / "predictions.csv")
+    report(
+        read_table(output / "predictions.csv"),
+        codebook,
+        output / "report.html",
+        by="section",
+        source_name="predictions.csv",
+    )
     cv, rule = model.card["cv"], model.review_rule
     messages = [
         f"trained on {len(labels)} labelled segments (cross-validated macro-F1 {cv['macro_f1']}, "
@@ -64,5 +73,6 @@ def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True
         f"review flag: confidence below {rule.min_confidence:.2f} (target accuracy "
         f"{rule.target_accuracy}) or unlike the training data",
         f"{len(predictions)} round-table segments classified → {output / 'predictions.csv'}",
+        f"report with themes per discussion group → {output / 'report.html'}",
     ]
     return DemoResult(predictions, summarize(predictions, model), messages)

@@ -189,3 +189,17 @@ def test_tfidf_baseline_and_multi_label_round_trip(labels, codebook, tmp_path):
         out = classify(reloaded, labels.head(10), progress=False)
         if kwargs.get("multi_label"):
             assert "themes" in out.columns and out["themes"].str.len().min() > 0
+
+
+def test_demo_writes_predictions_and_report(tmp_path):
+    from qualcode.demo import run_demo
+
+    result = run_demo(tmp_path / "out", tmp_path / "model", progress=False)
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {"segments.csv", "predictions.csv", "report.html"}
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    total = len(result.predictions)
+    assert f'<span id="total-segments">{total}</span>' in page
+    flagged = int(result.predictions["needs_review"].sum())
+    assert f'<span id="total-flagged">{flagged}</span>' in page
+    assert "DISKUSSIONSGRUPP" in page  # grouped by section: the discussion groups
