@@ -42,7 +42,7 @@ def skane_notes(corpora: Path) -> pd.DataFrame:
 
 def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True) -> DemoResult:
     """Train → classify → write ``segments.csv``, ``predictions.csv`` and the HTML report
-``report.html`` (themes per discussion group) under ``output``."""
+    ``report.html`` (themes per discussion group) under ``output``."""
     from qualcode.classify import classify, summarize, write_predictions
     from qualcode.codebook import load_codebook
     from qualcode.report import report
