@@ -128,6 +128,7 @@ def report(
         source_name=source.name,
         pseudonymiser=_pseudonymiser(pseudonymise, names),
         sources=sources,
+        near=(source.parent, Path.cwd()),
     )
     if not quiet:
         columns = [c for c in _SUMMARY_COLUMNS if c in result.counts.columns]
@@ -163,7 +164,8 @@ def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
     type=_path,
     multiple=True,
     help="The segmented documents (files or folders): each segment is coded at its place in "
-    "its document's text. Without it, segments are laid out one per paragraph.",
+    "its document's text. Default: documents of that name beside PREDICTIONS_OR_LABELS or in "
+    "the current folder; segments of a document not found are laid out one per paragraph.",
 )
 @click.option("--accepted-only", is_flag=True, help="Leave out segments flagged for review.")
 @_privacy_options
@@ -177,6 +179,7 @@ def export_qdpx(source, codebook, output, sources, accepted_only, pseudonymise, 
         book,
         output,
         sources=sources,
+        near=(source.parent, Path.cwd()),
         accepted_only=accepted_only,
         pseudonymiser=_pseudonymiser(pseudonymise, names),
         description=f"Exported by qualcode from {source.name}.",

@@ -218,8 +218,14 @@ def _xml_text(value: object) -> str:
     return _XML_INVALID.sub("", str(value))
 
 
-def find_sources(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
-    """Source documents by file name, from files and folders (searched recursively)."""
+def find_sources(
+    paths: Sequence[str | os.PathLike[str]],
+    documents: Sequence[str] = (),
+    *,
+    near: Sequence[str | os.PathLike[str]] = (),
+) -> dict[str, Path]:
+    """Source documents by file name: from ``paths`` (files, or folders searched
+    recursively), else the ``documents`` that stand directly in one of the ``near`` folders."""
     found: dict[str, Path] = {}
     for raw in paths:
         path = Path(raw)
@@ -235,6 +241,15 @@ def find_sources(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
         for candidate in candidates:
             if candidate.suffix.lower() in DOCUMENT_SUFFIXES:
                 found.setdefault(candidate.name, candidate)
+    if not paths:
+        for document in documents:
+            if Path(document).suffix.lower() not in DOCUMENT_SUFFIXES:
+                continue
+            for folder in near:
+                candidate = Path(folder) / Path(document).name
+                if candidate.is_file():
+                    found[document] = candidate
+                    break
     return found
 
 
@@ -301,16 +316,12 @@ def _document_texts(
             f"lines (changed since segmenting?): {', '.join(map(repr, changed[:5]))}; their "
             "segments are laid out one per paragraph instead."
         )
-    texts = [d for d in laid_out if not str(d).lower().endswith((".csv", ".tsv", ".xlsx"))]
-    if texts and sources:
+    missing = [d for d in laid_out if Path(d).suffix.lower() in DOCUMENT_SUFFIXES]
+    if missing:
         messages.append(
-            f"{len(texts)} document(s) not found among --sources ({', '.join(map(repr, texts[:5]))}"
-            "): their segments are laid out one per paragraph."
-        )
-    elif texts:
-        messages.append(
-            "no --sources given: each document's segments are laid out one per paragraph; "
-            "give the segmented documents with --sources to code them in their own text."
+            f"{len(missing)} document(s) not found ({', '.join(map(repr, missing[:5]))}): their "
+            "segments are laid out one per paragraph; give the segmented documents with "
+            "--sources to code them in their own text."
         )
     return out
 
@@ -436,6 +447,7 @@ def write_qdpx(
     path: str | os.PathLike[str],
     *,
     sources: Sequence[str | os.PathLike[str]] = (),
+    near: Sequence[str | os.PathLike[str]] = (),
     accepted_only: bool = False,
     pseudonymiser: Pseudonymiser | None = None,
     description: str = "",
@@ -444,6 +456,7 @@ def write_qdpx(
 
     ``sources``: the segmented documents (files or folders), matched by file name to the
     ``document`` column; each segment is then selected at its offsets in its document's text.
+    Without ``sources``, documents are looked for by name in the ``near`` folders.
     ``accepted_only`` leaves out segments flagged for review. For labels, each coder is a
     ``User`` who creates their codings.
     """
@@ -466,7 +479,7 @@ def write_qdpx(
     messages: list[str] = []
     data = _qdpx_bytes(
         coded,
-        sources=find_sources(sources),
+        sources=find_sources(sources, list(dict.fromkeys(coded.frame["_document"])), near=near),
         pseudonymiser=pseudonymiser,
         description=description,
         messages=messages,

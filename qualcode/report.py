@@ -828,6 +828,7 @@ def report(
     source_name: str = "",
     pseudonymiser: Pseudonymiser | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
+    near: Sequence[str | os.PathLike[str]] = (),
 ) -> ReportResult:
     """Write the report (see the module docstring): one HTML file if ``output`` ends in
     ``.html``, else a directory (created) with the HTML, Markdown, counts, charts and exports.
@@ -835,7 +836,8 @@ def report(
     ``table`` is a predictions or labels table (every cell a string, as
     :func:`qualcode.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
     metadata column (``None``: ``document`` when present); ``source_name`` names the input file
-    in the report; ``sources`` are the segmented documents for the REFI-QDA export. Bad input
+    in the report; ``sources`` (or documents found by name in the ``near`` folders) are the
+    segmented documents for the REFI-QDA export. Bad input
     raises :class:`QualcodeError` before anything is written.
     """
     what = repr(source_name) if source_name else "input"
@@ -879,6 +881,7 @@ def report(
             codebook,
             out / "codes.qdpx",
             sources=sources,
+            near=near,
             pseudonymiser=pseudonymiser,
             description=f"Exported by qualcode from {source_name}." if source_name else "",
         )

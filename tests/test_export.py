@@ -405,7 +405,7 @@ def test_qdpx_selects_segments_in_the_source_documents(seed_predictions, codeboo
 
 def test_qdpx_without_sources_lays_segments_out(seed_predictions, codebook, tmp_path):
     result = write_qdpx(seed_predictions.head(20), codebook, tmp_path / "p.qdpx")
-    assert "no --sources given" in result.messages[0]
+    assert "not found" in result.messages[0] and "--sources" in result.messages[0]
     root, texts = _qde(result.path)
     check_schema(root)
     by_id = seed_predictions.set_index("segment_id")
@@ -541,3 +541,19 @@ def test_pseudonymised_report_and_exports_leak_nothing(seed_predictions, codeboo
     by_id = dict(zip(seed_predictions["segment_id"], coded))
     exact = [text[a:b] == by_id[s.get("name")] for _, s, text, a, b in _selections(root, texts)]
     assert np.mean(exact) > 0.9
+
+
+def test_qdpx_finds_documents_beside_the_predictions(seed_predictions, tmp_path):
+    folder = tmp_path / "projekt"
+    folder.mkdir()
+    skane = "001_7f727ce3aee8fb1a.txt"
+    shutil.copy(SEEDS / skane, folder / skane)
+    mine = seed_predictions[seed_predictions["document"] == skane]
+    write_table(mine, folder / "predictions.csv")
+    out = tmp_path / "p.qdpx"
+    args = ["export", "qdpx", str(folder / "predictions.csv"), "--codebook", str(CODEBOOK)]
+    result = CliRunner().invoke(cli, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "not found" not in result.stderr
+    root, texts = _qde(out)
+    assert list(texts.values()) == [DocumentText.read(SEEDS / skane).text]
