@@ -201,3 +201,35 @@ def test_pair_losses_prefer_separated_embeddings(loss):
     separated = torch.eye(3).repeat_interleave(2, dim=0) + 0.01 * torch.arange(6.0)[:, None]
     mixed = torch.eye(3)[[0, 1, 2, 0, 1, 2]] + 0.01 * torch.arange(6.0)[:, None]
     assert _pair_loss(separated, labels, loss) < _pair_loss(mixed, labels, loss)
+
+
+def test_finetuned_head_evidence_is_cross_fitted(monkeypatch, encoder):
+    """The review rule of a fine-tuned model comes from segments its encoder never saw."""
+    from qualcode import finetune
+    from qualcode.codebook import parse_codebook
+    from qualcode.train import FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT, fit_classifier
+
+    monkeypatch.setattr(finetune, "DEFAULT_MIN_STEPS", 2)
+    monkeypatch.setattr(finetune, "DEFAULT_MAX_STEPS", 2)
+    monkeypatch.setattr(finetune, "DEFAULT_MAX_SEQ_LENGTH", 48)
+    seen: list[set[str]] = []
+    real = finetune.finetune_encoder
+
+    def recording(base, texts, themes, *args, **kwargs):
+        seen.append(set(texts))
+        return real(base, texts, themes, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "finetune_encoder", recording)
+    import yaml
+
+    codebook = parse_codebook(yaml.safe_load(CODEBOOK_YAML), source="test")
+    labels = _subset(4)
+    texts, themes = labels["text"].tolist(), labels["category"].tolist()
+    clf, rule = fit_classifier(texts, themes, codebook, finetune=True, progress=False)
+    assert (clf.C_, clf.prior_weight_) == (FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT)
+    assert list(clf.cv_scores_) == [(FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT)]
+    everything, first, second = seen  # the model's own fine-tune, then one per fold
+    assert everything == set(texts)
+    assert first.isdisjoint(second) and first | second == set(texts)
+    assert clf.oof_proba_.shape == (16, 4) and 0 < clf.temperature_ < 100
+    assert rule.target_accuracy == 0.9
