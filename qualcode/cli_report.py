@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from qualcode.codebook import CODEBOOK_HELP
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from qualcode.codebook import Codebook
+    from qualcode.pseudonymise import Pseudonymiser
 
 __all__ = ["export", "report"]
 
@@ -46,7 +52,7 @@ def _export_options(suffix: str) -> Callable[[Callable[..., Any]], Callable[...,
     return decorate
 
 
-def _pseudonymiser(pseudonymise: bool, names: Path | None):
+def _pseudonymiser(pseudonymise: bool, names: Path | None) -> Pseudonymiser | None:
     from qualcode.pseudonymise import Pseudonymiser
 
     if not pseudonymise and names is None:
@@ -54,7 +60,7 @@ def _pseudonymiser(pseudonymise: bool, names: Path | None):
     return Pseudonymiser.from_names_file(names)
 
 
-def _read(source: Path, codebook: Path | None):
+def _read(source: Path, codebook: Path | None) -> tuple[pd.DataFrame, Codebook]:
     from qualcode.codebook import find_codebook
     from qualcode.tables import read_table
 
