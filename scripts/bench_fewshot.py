@@ -83,8 +83,10 @@ def run_one(
     *,
     seed: int,
     target_accuracy: float,
+    keep_encoder: bool = False,
 ) -> tuple[pd.DataFrame, ThemeModel, float]:
-    """Train with the library, classify the evaluation split; (predictions, model, seconds)."""
+    """Train with the library, classify the evaluation split; (predictions, model, seconds).
+    A fine-tuned encoder is freed afterwards unless ``keep_encoder`` (the model needs it)."""
     ids = {c: slug(c) for c in train["category"].unique()} if codebook else None
     themes = [ids[c] if ids else c for c in train["category"]]
     start = time.perf_counter()
@@ -101,7 +103,7 @@ def run_one(
     model = ThemeModel(clf, codebook, rule, review_evidence=review_evidence(clf))  # type: ignore[arg-type]
     predictions = classify(model, evaluation[["text"]], progress=False)
     seconds = time.perf_counter() - start
-    if method == "finetune":  # free the fine-tuned encoder (one per run)
+    if method == "finetune" and not keep_encoder:  # free the fine-tuned encoder (one per run)
         forget_encoder(str(clf.encoder))
     return predictions, model, seconds
 
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 codebook,
                 seed=seed,
                 target_accuracy=args.target_accuracy,
+                keep_encoder=True,
             )
             tables.append(pd.DataFrame(review_table(model, evaluation, truth, targets)))
             if args.review_method == "finetune":
