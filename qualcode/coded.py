@@ -28,6 +28,7 @@ __all__ = [
     "count_themes",
     "read_coded",
     "resolve_by",
+    "theme_scores",
     "theme_counts",
 ]
 
@@ -219,6 +220,24 @@ def read_coded(
     if pseudonymiser is not None:
         _pseudonymise(frame, pseudonymiser)
     return CodedTable(frame=frame, kind=kind, coders=coders, codebook=codebook)
+
+
+def theme_scores(coded: CodedTable, theme_id: str) -> pd.Series:
+    """Each segment's probability of ``theme_id``: its ``p_<theme>`` cell (a decimal comma
+    is fine), else its confidence when ``theme_id`` is its first theme, else NaN."""
+    frame = coded.frame
+    scores = []
+    for value, ids, confidence in zip(
+        column_text(frame, f"p_{theme_id}"), frame["_themes"], frame["_confidence"]
+    ):
+        try:
+            score = parse_number(value)
+        except ValueError:
+            score = math.nan
+        if math.isnan(score) and ids and ids[0] == theme_id:
+            score = confidence
+        scores.append(score)
+    return pd.Series(scores, index=frame.index, dtype=float)
 
 
 def _pseudonymise(frame: pd.DataFrame, pseudonymiser: Pseudonymiser) -> None:

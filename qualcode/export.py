@@ -41,6 +41,7 @@ from qualcode.coded import (
     CodedTable,
     count_themes,
     read_coded,
+    theme_scores,
 )
 from qualcode.errors import QualcodeError
 from qualcode.pseudonymise import Pseudonymiser
@@ -169,8 +170,7 @@ def _theme_sheet(coded: CodedTable, matrix: pd.DataFrame, theme_id: str) -> pd.D
     mine = matrix[mask].copy()
     codebook = coded.codebook
     if coded.predictions:
-        score = pd.to_numeric(coded.frame.get(f"p_{theme_id}"), errors="coerce")
-        mine["_score"] = (score if score is not None else coded.frame["_confidence"])[mask]
+        mine["_score"] = theme_scores(coded, theme_id)[mask].to_numpy()
         mine = mine.sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
     others = coded.frame["_themes"][mask].map(
         lambda ids: "; ".join(codebook.get(t).label for t in ids if t != theme_id)

@@ -49,10 +49,10 @@ from qualcode.coded import (
     count_themes,
     group_columns,
     group_list,
-    parse_number,
     read_coded,
     resolve_by,
     theme_counts,
+    theme_scores,
 )
 from qualcode.errors import QualcodeError
 from qualcode.export import PALETTE, theme_color, write_qdpx, write_workbook
@@ -72,17 +72,6 @@ _WORD = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------- exemplars
-
-
-def _score(row: pd.Series, theme_id: str) -> float:
-    value = row.get(f"p_{theme_id}", "")
-    try:
-        score = parse_number(value)
-    except ValueError:
-        score = math.nan
-    if math.isnan(score) and row["_themes"] and row["_themes"][0] == theme_id:
-        score = row["_confidence"]
-    return score
 
 
 def _words(text: str) -> frozenset[str]:
@@ -111,7 +100,7 @@ def _exemplars(
         if mine.empty:
             continue
         if coded.predictions:
-            mine = mine.assign(_score=[_score(r, theme.id) for _, r in mine.iterrows()])
+            mine = mine.assign(_score=theme_scores(coded, theme.id)[mine.index])
             mine = mine.sort_values(
                 ["_score", "_index"], ascending=[False, True], na_position="last", kind="stable"
             )

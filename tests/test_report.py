@@ -517,3 +517,23 @@ def test_predictions_saved_for_swedish_excel(codebook, tmp_path):
     top = quotes.set_index("theme").loc["coordination_roles"]
     assert top["confidence"] == pytest.approx(0.91)
     assert theme_counts(table, codebook).set_index("theme").loc["total", "flagged"] == 4
+
+
+def test_theme_sheets_sort_excel_saved_probabilities(codebook, tmp_path):
+    """Decimal commas from Swedish Excel sort as numbers in the workbook's theme sheets too."""
+    from qualcode.export import write_workbook
+
+    path = tmp_path / "predictions.csv"
+    frame = _predictions_frame()
+    numbers = ["confidence", "margin", *[c for c in frame.columns if c.startswith("p_")]]
+    frame[numbers] = frame[numbers].astype(float)
+    write_table(frame, path, excel=True)
+    table = read_table(path, required=("text", "theme"))
+    write_workbook(table, codebook, tmp_path / "kodat.xlsx")
+    book = openpyxl.load_workbook(tmp_path / "kodat.xlsx", read_only=True)
+    rows = list(book["Koordineringsroller"].values)
+    texts = [r[rows[0].index("text")] for r in rows[1:]]
+    assert texts[:2] == [
+        "Samordnaren slutade och ingen tog över.",  # 0.97
+        "Vi behöver en lokal koordinator i varje kluster.",  # 0.91
+    ]
