@@ -34,7 +34,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,19 +337,28 @@ def _percent(share: float) -> str:
     return f"{share * 100:.1f} %".replace(".", ",")
 
 
-def _provenance(row: pd.Series) -> str:
-    parts = []
-    if row.get("document"):
-        parts.append(_md(row["document"]))
-    if row.get("section"):
-        parts.append(_md(row["section"]))
+def _source_parts(
+    row: pd.Series,
+    confidence: float = math.nan,
+    *,
+    text: Callable[[str], str] = str,
+    code: Callable[[str], str] = str,
+) -> list[str]:
+    """Where a segment comes from: document, section, lines, id and confidence (``text`` and
+    ``code`` format the free text and the id for Markdown)."""
+    parts = [text(v) for v in (str(row.get(c, "")).strip() for c in ("document", "section")) if v]
     start, end = str(row.get("line_start", "")).strip(), str(row.get("line_end", "")).strip()
     if start:
         parts.append(f"rad {start}" if end in ("", start) else f"rad {start}–{end}")
-    if row.get("segment_id"):
-        parts.append(_code_span(row["segment_id"]))
-    if not math.isnan(float(row["confidence"])):
-        parts.append(f"säkerhet {row['confidence'] * 100:.0f} %")
+    if str(row.get("segment_id", "")).strip():
+        parts.append(code(str(row["segment_id"])))
+    if not math.isnan(confidence):
+        parts.append(f"säkerhet {confidence * 100:.0f} %")
+    return parts
+
+
+def _provenance(row: pd.Series) -> str:
+    parts = _source_parts(row, float(row["confidence"]), text=_md, code=_code_span)
     if row.get("needs_review"):
         parts.append("flaggad")
     if row.get("coder"):
@@ -560,19 +569,6 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _source_text(row: pd.Series, *, confidence: float = math.nan) -> str:
-    parts = [str(row.get(c, "")).strip() for c in ("document", "section")]
-    parts = [p for p in parts if p]
-    start, end = str(row.get("line_start", "")).strip(), str(row.get("line_end", "")).strip()
-    if start:
-        parts.append(f"rad {start}" if end in ("", start) else f"rad {start}–{end}")
-    if str(row.get("segment_id", "")).strip():
-        parts.append(str(row["segment_id"]))
-    if not math.isnan(confidence):
-        parts.append(f"säkerhet {confidence * 100:.0f} %")
-    return " · ".join(parts)
-
-
 def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
     coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
     by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
@@ -626,10 +622,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
         )
     header = ["Tema", "Segment", "Andel"] + (["Flaggade", "Säkra"] if coded.predictions else [])
     out += ['<table class="counts">', "<thead><tr>"]
-    out += [
-        f"<th{' class=num' if i else ''}>{_h(h)}</th>".replace("class=num", 'class="num"')
-        for i, h in enumerate(header)
-    ]
+    out += [f"<th>{_h(header[0])}</th>"] + [f'<th class="num">{_h(h)}</th>' for h in header[1:]]
     out += ["</tr></thead>", "<tbody>"]
     for _, row in counts.iterrows():
         is_total = row["theme"] == TOTAL
@@ -727,7 +720,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
         if len(quotes):
             out.append('<ol class="quotes">')
             for _, quote in quotes.iterrows():
-                source = _source_text(quote, confidence=float(quote["confidence"]))
+                source = " · ".join(_source_parts(quote, float(quote["confidence"])))
                 if quote["needs_review"]:
                     source += " · flaggad"
                 out.append(
@@ -770,7 +763,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                     f"<td>{_h(row['text'])}</td><td>{_h(labels)}</td>"
                     f"<td>{_h(second_label)}</td>"
                     f'<td class="num">{row["_confidence"] * 100:.0f} %</td>'
-                    f"<td>{_h(_source_text(row))}</td></tr>"
+                    f"<td>{_h(' · '.join(_source_parts(row)))}</td></tr>"
                 )
             out += ["</tbody>", "</table>"]
         out.append("</section>")
