@@ -25,6 +25,7 @@ __all__ = [
     "PROVENANCE",
     "TOTAL",
     "CodedTable",
+    "as_coded",
     "count_themes",
     "read_coded",
     "resolve_by",
@@ -252,6 +253,19 @@ def _pseudonymise(frame: pd.DataFrame, pseudonymiser: Pseudonymiser) -> None:
             values[column][i] = pseudonymiser.replace(str(values[column][i]))
     for column in columns:
         frame[column] = values[column]
+
+
+def as_coded(
+    table: pd.DataFrame | CodedTable,
+    codebook: Codebook,
+    *,
+    pseudonymiser: Pseudonymiser | None = None,
+) -> CodedTable:
+    """``table`` read by :func:`read_coded`, or as it is if it was read already (and then
+    pseudonymised already, if it was to be)."""
+    if isinstance(table, CodedTable):
+        return table
+    return read_coded(table, codebook, pseudonymiser=pseudonymiser)
 
 
 def resolve_by(coded: CodedTable, by: str | None) -> str | None:

@@ -19,6 +19,7 @@ Both take a :class:`~qualcode.pseudonymise.Pseudonymiser` to replace personal da
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import os
@@ -39,6 +40,7 @@ from qualcode.coded import (
     PROVENANCE,
     TOTAL,
     CodedTable,
+    as_coded,
     count_themes,
     read_coded,
     theme_scores,
@@ -183,15 +185,17 @@ def _theme_sheet(coded: CodedTable, matrix: pd.DataFrame, theme_id: str) -> pd.D
 
 
 def write_workbook(
-    table: pd.DataFrame,
+    table: pd.DataFrame | CodedTable,
     codebook: Codebook,
     path: str | os.PathLike[str],
     *,
     pseudonymiser: Pseudonymiser | None = None,
 ) -> ExportResult:
-    """Write the coded segments as an Excel workbook (see the module docstring)."""
+    """Write the coded segments as an Excel workbook (see the module docstring).
+
+    ``table``: a predictions or labels table, or a :class:`CodedTable` read already."""
     before = Counter(pseudonymiser.counts) if pseudonymiser is not None else Counter()
-    coded = read_coded(table, codebook, pseudonymiser=pseudonymiser)
+    coded = as_coded(table, codebook, pseudonymiser=pseudonymiser)
     matrix = _matrix(coded)
     sheets: dict[str, pd.DataFrame] = {}
     sheets[sheet_name("Sammanfattning")] = _summary_sheet(coded)
@@ -442,7 +446,7 @@ def _qdpx_bytes(
 
 
 def write_qdpx(
-    table: pd.DataFrame,
+    table: pd.DataFrame | CodedTable,
     codebook: Codebook,
     path: str | os.PathLike[str],
     *,
@@ -457,11 +461,12 @@ def write_qdpx(
     ``sources``: the segmented documents (files or folders), matched by file name to the
     ``document`` column; each segment is then selected at its offsets in its document's text.
     Without ``sources``, documents are looked for by name in the ``near`` folders.
-    ``accepted_only`` leaves out segments flagged for review. For labels, each coder is a
+    ``accepted_only`` leaves out segments flagged for review. ``table`` may be a
+    :class:`CodedTable` read already. For labels, each coder is a
     ``User`` who creates their codings.
     """
     before = Counter(pseudonymiser.counts) if pseudonymiser is not None else Counter()
-    coded = read_coded(table, codebook, pseudonymiser=pseudonymiser)
+    coded = as_coded(table, codebook, pseudonymiser=pseudonymiser)
     left_out = 0
     if accepted_only:
         if not coded.predictions:
@@ -470,7 +475,8 @@ def write_qdpx(
                 "labels file, where every segment is accepted."
             )
         left_out = int(coded.frame["_flagged"].sum())
-        coded.frame = coded.frame[~coded.frame["_flagged"]].reset_index(drop=True)
+        accepted = coded.frame[~coded.frame["_flagged"]].reset_index(drop=True)
+        coded = dataclasses.replace(coded, frame=accepted)
         if coded.frame.empty:
             raise QualcodeError(
                 "every segment is flagged for review, so --accepted-only leaves nothing to "

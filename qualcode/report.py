@@ -854,12 +854,11 @@ def report(
         if "groups" in charts:
             paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
             atomic_write_bytes(paths["groups_chart"], charts["groups"])
-        # The exports share the pseudonymiser, so a value has the same placeholder everywhere.
-        paths["matrix"] = write_workbook(
-            table, codebook, out / "coded_segments.xlsx", pseudonymiser=pseudonymiser
-        ).path
+        # The exports take the table read (and pseudonymised) above; the .qdpx shares the
+        # pseudonymiser for its source documents, so a value has one placeholder everywhere.
+        paths["matrix"] = write_workbook(coded, codebook, out / "coded_segments.xlsx").path
         qdpx = write_qdpx(
-            table,
+            coded,
             codebook,
             out / "codes.qdpx",
             sources=sources,
@@ -869,8 +868,8 @@ def report(
         )
         paths["qdpx"] = qdpx.path
         messages += qdpx.messages
-        if qdpx.pseudonymised and qdpx.pseudonymised != summary:
-            messages.append(f"codes.qdpx (segments and source documents) {qdpx.pseudonymised}")
+        if qdpx.pseudonymised:
+            messages.append(f"codes.qdpx, in its source documents: {qdpx.pseudonymised}")
         chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
         images = {"themes": chart_files["themes_chart"]}
         if "groups_chart" in chart_files:
