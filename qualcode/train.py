@@ -250,6 +250,13 @@ def review_evidence(clf: ThemeClassifier) -> tuple[np.ndarray, np.ndarray] | Non
     return clf.oof_proba_.max(axis=1), correct
 
 
+def _register_finetuned(encoder: Any) -> str:
+    """Register a fine-tuned encoder in memory under a name of its weights; return the name."""
+    name = f"finetuned:{encoder_identity(encoder)}"
+    register_encoder(name, encoder)
+    return name
+
+
 def _crossfit(
     clf: ThemeClassifier,
     texts: list[str],
@@ -284,8 +291,7 @@ def _crossfit(
             seed=seed + 1 + j,
             progress=progress,
         )
-        name = f"finetuned:{encoder_identity(encoder)}"
-        register_encoder(name, encoder)
+        name = _register_finetuned(encoder)
         try:
             head = ThemeClassifier(
                 encoder=name,
@@ -317,7 +323,8 @@ def fit_classifier(
     progress: bool = True,
 ) -> tuple[ThemeClassifier, ReviewRule]:
     """Fit a :class:`ThemeClassifier` and choose its review rule from cross-validation."""
-    y: list[Any] = [t.split(";") if multi_label else t.split(";")[0] for t in themes]
+    first = [t.split(";")[0] for t in themes]  # the dominant theme of each segment
+    y: list[Any] = [t.split(";") for t in themes] if multi_label else first
     encoder_name = encoder
     finetuned = None
     if finetune:
@@ -329,13 +336,12 @@ def fit_classifier(
         finetuned = finetune_encoder(
             get_encoder(base),
             texts,
-            [t.split(";")[0] for t in themes],
+            first,
             codebook,
             seed=seed,
             progress=progress,
         )
-        encoder_name = f"finetuned:{encoder_identity(finetuned)}"
-        register_encoder(encoder_name, finetuned)
+        encoder_name = _register_finetuned(finetuned)
     fixed = {"C": FINETUNED_HEAD_C, "prior_weight": FINETUNED_PRIOR_WEIGHT} if finetune else {}
     clf = ThemeClassifier(
         encoder=encoder_name,
@@ -347,7 +353,7 @@ def fit_classifier(
     ).fit(texts, y)
     clf.finetuned_encoder_ = finetuned
     if finetune and not multi_label:
-        _crossfit(clf, texts, [t.split(";")[0] for t in themes], codebook, base, seed, progress)
+        _crossfit(clf, texts, first, codebook, base, seed, progress)
     confidence, correct = review_evidence(clf) or (None, None)
     rule = choose_review_rule(
         confidence,
@@ -471,10 +477,9 @@ def load_model(directory: str | Path, codebook: Codebook | None = None) -> Theme
         if enc.get("finetuned"):
             from qualcode.encoders import load_encoder
 
-            clf.encoder = f"finetuned:{enc['identity']}"
             model = load_encoder(directory / "encoder")
             model._qualcode_identity = enc["identity"]
-            register_encoder(clf.encoder, model)
+            clf.encoder = _register_finetuned(model)
         actual = encoder_identity(get_encoder(clf.encoder))
         if not enc.get("finetuned") and actual != enc["identity"]:
             raise QualcodeError(
