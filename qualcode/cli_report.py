@@ -39,13 +39,13 @@ def _privacy_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _export_options(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """SOURCE, --codebook and -o of an export command."""
+def _table_options(output_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """PREDICTIONS_OR_LABELS, --codebook and -o, shared by report and the exports."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        command = click.option(
-            "-o", "--output", required=True, type=_path, help=f"The {suffix} file to write."
-        )(command)
+        command = click.option("-o", "--output", required=True, type=_path, help=output_help)(
+            command
+        )
         command = click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)(command)
         return click.argument("source", type=_path, metavar="PREDICTIONS_OR_LABELS")(command)
 
@@ -76,15 +76,9 @@ def _say(messages: list[str]) -> None:
 
 
 @click.command("report")
-@click.argument("source", type=_path, metavar="PREDICTIONS_OR_LABELS")
-@click.option("--codebook", default=None, type=_path, help=CODEBOOK_HELP)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=_path,
-    help="report.html (one self-contained file) or a directory for the report with its "
-    "charts, counts and exports.",
+@_table_options(
+    "report.html (one self-contained file) or a directory for the report with its "
+    "charts, counts and exports."
 )
 @click.option(
     "--by",
@@ -151,7 +145,7 @@ def export() -> None:
 
 
 @export.command("xlsx")
-@_export_options(".xlsx")
+@_table_options("The .xlsx file to write.")
 @_privacy_options
 def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
     """A summary sheet, all segments with a 0/1 column per theme, and one sheet per theme."""
@@ -164,7 +158,7 @@ def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
 
 
 @export.command("qdpx")
-@_export_options(".qdpx")
+@_table_options("The .qdpx file to write.")
 @click.option(
     "--sources",
     type=_path,
