@@ -83,9 +83,11 @@ def run_one(
     *,
     seed: int,
     target_accuracy: float,
+    encoder: str | None = None,
     keep_encoder: bool = False,
 ) -> tuple[pd.DataFrame, ThemeModel, float]:
     """Train with the library, classify the evaluation split; (predictions, model, seconds).
+    ``encoder`` is any sentence-transformers name or directory (default: the bundled e5-small).
     A fine-tuned encoder is freed afterwards unless ``keep_encoder`` (the model needs it)."""
     ids = {c: slug(c) for c in train["category"].unique()} if codebook else None
     themes = [ids[c] if ids else c for c in train["category"]]
@@ -94,7 +96,7 @@ def run_one(
         train["text"].tolist(),
         themes,
         codebook,
-        encoder=TFIDF if method == "tfidf" else None,
+        encoder=TFIDF if method == "tfidf" else encoder,
         finetune=method == "finetune",
         target_accuracy=target_accuracy,
         seed=seed,
@@ -150,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         help="'names' (default): a codebook built from the category names, as `qualcode train` "
         "always has one; 'none': the labels alone",
     )
+    parser.add_argument(
+        "--encoder",
+        help="sentence-transformers model name or directory for frozen/finetune "
+        "(default: the bundled e5-small)",
+    )
     parser.add_argument("--target-accuracy", type=float, default=0.95)
     parser.add_argument(
         "--review-method",
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                         codebook,
                         seed=seed,
                         target_accuracy=args.target_accuracy,
+                        encoder=args.encoder,
                     )
                     f1, acc = scores(truth, pred["theme"].tolist())
                     record = {
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                 codebook,
                 seed=seed,
                 target_accuracy=args.target_accuracy,
+                encoder=args.encoder,
                 keep_encoder=True,
             )
             tables.append(pd.DataFrame(review_table(model, evaluation, truth, targets)))
