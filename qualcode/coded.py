@@ -29,6 +29,7 @@ __all__ = [
     "count_themes",
     "read_coded",
     "resolve_by",
+    "split_total",
     "theme_scores",
     "theme_counts",
 ]
@@ -343,6 +344,11 @@ def count_themes(coded: CodedTable, codebook: Codebook, by: str | None) -> pd.Da
                 int((m & ~frame["_flagged"]).sum()) for m in masks
             ]
     return table
+
+
+def split_total(counts: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The theme rows of a counts table and its ``total`` row."""
+    return counts[counts["theme"] != TOTAL], counts[counts["theme"] == TOTAL].iloc[0]
 
 
 def theme_counts(

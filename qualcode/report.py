@@ -51,6 +51,7 @@ from qualcode.coded import (
     group_list,
     read_coded,
     resolve_by,
+    split_total,
     theme_counts,
     theme_scores,
 )
@@ -190,8 +191,8 @@ def _png(figure: Any) -> bytes:
 def _themes_chart(
     counts: pd.DataFrame, coded: CodedTable, source_name: str, codebook: Codebook
 ) -> bytes:
-    themes = counts[counts["theme"] != TOTAL].sort_values("segments", ascending=True, kind="stable")
-    total = counts[counts["theme"] == TOTAL].iloc[0]
+    themes, total = split_total(counts)
+    themes = themes.sort_values("segments", ascending=True, kind="stable")
     figure = _figure(9, 1.6 + 0.55 * len(themes))
     axes = figure.add_subplot()
     y = range(len(themes))
@@ -241,8 +242,8 @@ def _groups_chart(
     by: str,
     source_name: str,
 ) -> bytes:
-    themes = counts[counts["theme"] != TOTAL].sort_values("segments", ascending=True, kind="stable")
-    totals = counts[counts["theme"] == TOTAL].iloc[0]
+    themes, totals = split_total(counts)
+    themes = themes.sort_values("segments", ascending=True, kind="stable")
     ranked = sorted(groups, key=lambda g: -int(totals[names[g]]))
     shown = [g for g in groups if g in ranked[:MAX_CHART_GROUPS]]
     rest = [g for g in groups if g not in shown]
@@ -379,8 +380,7 @@ def _markdown(c: _Contents, charts: dict[str, str], n: int) -> str:
     coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
     by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
     include_flagged = c.include_flagged
-    total = counts[counts["theme"] == TOTAL].iloc[0]
-    themes = counts[counts["theme"] != TOTAL]
+    themes, total = split_total(counts)
     kind = (
         "modellens klassificering · *model predictions*"
         if coded.predictions
@@ -573,8 +573,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
     coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
     by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
     include_flagged = c.include_flagged
-    total = counts[counts["theme"] == TOTAL].iloc[0]
-    themes = counts[counts["theme"] != TOTAL]
+    themes, total = split_total(counts)
     out = [
         "<!DOCTYPE html>",
         '<html lang="sv">',
@@ -880,7 +879,7 @@ def report(
     page = _html(contents, charts, summary)
     paths["report"] = output if single else output / "report.html"
     atomic_write_text(paths["report"], page)
-    total = counts[counts["theme"] == TOTAL].iloc[0]
+    _, total = split_total(counts)
     return ReportResult(
         output=output,
         paths=paths,
