@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from qualcode.codebook import CODEBOOK_HELP
 from qualcode.errors import QualcodeError
 
 EXIT_BAD_INPUT = 2
@@ -63,8 +65,8 @@ def segment(paths, output, unit, column, excel) -> None:
 
 
 @cli.command()
-@click.argument("labels", type=click.Path(path_type=Path))
-@click.option("--codebook", required=True, type=click.Path(path_type=Path))
+@click.argument("labels", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--codebook", default=None, type=click.Path(path_type=Path), help=CODEBOOK_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model dir.")
 @encoder_option
 @click.option("--multi-label", is_flag=True, help="Segments may carry several themes.")
@@ -73,14 +75,18 @@ def segment(paths, output, unit, column, excel) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option
 def train(labels, codebook, output, encoder, multi_label, finetune, target_accuracy, seed, quiet):
-    """Train a theme model on LABELS (columns text, theme) against a codebook."""
+    """Train a theme model on one or more LABELS files (columns text, theme).
+
+    Several files (e.g. the seed set, then labels from a batch) are read in order; where a
+    segment is labelled twice, the last answer counts.
+    """
     from qualcode.classify import DEFAULT_TARGET_ACCURACY
-    from qualcode.codebook import load_codebook
-    from qualcode.train import read_labels
+    from qualcode.codebook import find_codebook
+    from qualcode.train import read_label_files
     from qualcode.train import train as run_train
 
-    book = load_codebook(codebook)
-    table = read_labels(labels, book)
+    book = find_codebook(codebook)
+    table = read_label_files(list(labels), book)
     model = run_train(
         table,
         book,
@@ -92,13 +98,7 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
         progress=not quiet,
     )
     model.save(output)
-    cv, rule = model.card["cv"], model.review_rule
-    click.echo(
-        f"trained on {len(table)} segments; cross-validated macro-F1 {cv['macro_f1']}, "
-        f"accuracy {cv['accuracy']}; review flag below confidence {rule.min_confidence:.2f} "
-        f"(target {rule.target_accuracy}, expected coverage {rule.expected_coverage}) → {output}",
-        err=True,
-    )
+    click.echo(f"{model.describe()} → {output}", err=True)
 
 
 @cli.command()
@@ -114,8 +114,21 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
     help="Refuse unless the model was trained with this codebook.",
 )
 @target_option
+@click.option(
+    "--max-flagged",
+    type=float,
+    default=None,
+    help="Flag at most this share of the batch for low confidence (e.g. 0.3); the expected "
+    "accuracy of the rest is printed.",
+)
 @click.option("--min-margin", type=float, default=None, help="Also flag top-1 − top-2 below this.")
-@click.option("--multi-label", is_flag=True, help="Require a multi-label model (adds `themes`).")
+@click.option(
+    "--adapt/--no-adapt",
+    default=True,
+    show_default=True,
+    help="Learn from the batch before coding it (self-training on its confident predictions).",
+)
+@click.option("--multi-label", is_flag=True, help="Require a multi-label model.")
 @excel_option
 @quiet_option
 def classify(
@@ -126,27 +139,36 @@ def classify(
     unit,
     codebook,
     target_accuracy,
+    max_flagged,
     min_margin,
+    adapt,
     multi_label,
     excel,
     quiet,
 ):
     """Classify segments (a segments CSV or documents) with a trained model."""
     from qualcode.classify import classify as run_classify
-    from qualcode.classify import read_inputs, summarize, write_predictions
+    from qualcode.classify import read_inputs, review_summary, summarize, write_predictions
     from qualcode.codebook import load_codebook
     from qualcode.train import load_model
 
     model = load_model(model_dir, load_codebook(codebook) if codebook else None)
     rule = model.rule_for(target_accuracy) if target_accuracy else model.review_rule
     if min_margin is not None:
-        rule.min_margin = min_margin
+        rule = dataclasses.replace(rule, min_margin=min_margin)
     segments = read_inputs(inputs, column=column, unit=unit)
     predictions = run_classify(
-        model, segments, rule=rule, multi_label=multi_label, progress=not quiet
+        model,
+        segments,
+        rule=rule,
+        multi_label=multi_label,
+        adapt=adapt,
+        max_flagged=max_flagged,
+        progress=not quiet,
     )
     write_predictions(predictions, output, excel=excel)
     _echo_table(summarize(predictions, model), quiet)
+    click.echo(review_summary(predictions), err=True)
     click.echo(f"{len(predictions)} segments classified → {output}", err=True)
 
 

@@ -30,7 +30,14 @@ import yaml
 from qualcode.errors import QualcodeError
 from qualcode.tables import read_text
 
-__all__ = ["Codebook", "Theme", "load_codebook", "parse_codebook", "theme_texts"]
+__all__ = [
+    "Codebook",
+    "Theme",
+    "label_phrases",
+    "load_codebook",
+    "parse_codebook",
+    "theme_texts",
+]
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 _THEME_KEYS = ("id", "label", "label_en", "description", "examples")
@@ -160,6 +167,14 @@ class Codebook:
 def theme_texts(theme: Theme) -> list[str]:
     """Texts describing ``theme`` for zero-shot prototypes: ``"label: description"`` + examples."""
     return [f"{theme.label}: {theme.description}", *theme.examples]
+
+
+def label_phrases(theme: Theme) -> list[str]:
+    """The label on its own and each of its parts (``"Gemensamma utbildningar och
+    erfarenhetsutbyte"`` → also ``"Gemensamma utbildningar"``, ``"erfarenhetsutbyte"``): short
+    notes often name a theme in just these words."""
+    parts = [p.strip() for p in re.split(r",|\boch\b|\bsamt\b|/", theme.label) if p.strip()]
+    return list(dict.fromkeys([theme.label, *(parts if len(parts) > 1 else [])]))
 
 
 def _content_hash(themes: Sequence[Theme]) -> str:

@@ -43,7 +43,7 @@ def skane_notes(corpora: Path) -> pd.DataFrame:
 def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True) -> DemoResult:
     """Train → classify → write ``segments.csv``, ``predictions.csv`` and the HTML report
     ``report.html`` (themes per discussion group) under ``output``."""
-    from qualcode.classify import classify, summarize, write_predictions
+    from qualcode.classify import classify, review_summary, summarize, write_predictions
     from qualcode.codebook import load_codebook
     from qualcode.report import report
     from qualcode.tables import read_table, write_table
@@ -66,12 +66,9 @@ def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True
         by="section",
         source_name="predictions.csv",
     )
-    cv, rule = model.card["cv"], model.review_rule
     messages = [
-        f"trained on {len(labels)} labelled segments (cross-validated macro-F1 {cv['macro_f1']}, "
-        f"accuracy {cv['accuracy']}) → {model_dir}",
-        f"review flag: confidence below {rule.min_confidence:.2f} (target accuracy "
-        f"{rule.target_accuracy}) or unlike the training data",
+        f"{model.describe()} → {model_dir}",
+        review_summary(predictions),
         f"{len(predictions)} round-table segments classified → {output / 'predictions.csv'}",
         f"report with themes per discussion group → {output / 'report.html'}",
     ]

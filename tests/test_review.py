@@ -220,7 +220,8 @@ def test_likely_label_errors_finds_a_flipped_label(tmp_path, codebook):
             for t in ("digital_communication", "steering", "teams_care_models")
         ]
     )
-    victim = picked.index[0]  # a clear digital_communication segment, now labelled steering
+    victim = picked.index[2]  # "Kommunikation skedde genom digitala möten/videomöten, telefon,
+    # mail etc.": clearly digital_communication, now labelled steering
     picked.loc[victim, "theme"] = "steering"
     path = tmp_path / "labels.csv"
     write_table(picked, path)
