@@ -31,6 +31,7 @@ PREDICTION_COLUMNS = [
     "review_reason",
 ]
 DEFAULT_TARGET_ACCURACY = 0.9
+DECIMALS = 4  # probabilities in the predictions file
 TABLE_SUFFIXES = {".csv", ".tsv", ".xlsx"}
 
 
@@ -156,7 +157,8 @@ def rule_at(
 ) -> ReviewRule:
     """A review rule at ``threshold``, with what the evidence says it gives."""
     if confidence is None or correct is None or len(confidence) == 0:
-        return ReviewRule(threshold, **settings)
+        return ReviewRule(round(threshold, DECIMALS), **settings)
+    threshold = round(threshold, DECIMALS)
     kept = confidence >= threshold
     right, n = int(correct[kept].sum()), int(kept.sum())
     return ReviewRule(
@@ -283,6 +285,8 @@ class Coded:
     reasons: list[str]
     similarity: np.ndarray
     rule: ReviewRule
+    confidence: np.ndarray
+    margin: np.ndarray
 
 
 def code_batch(
@@ -303,12 +307,13 @@ def code_batch(
     proba = clf.proba_from_features(features)
     order = np.argsort(-proba, axis=1, kind="stable")
     rows = np.arange(len(texts))
-    top = proba[rows, order[:, 0]]
-    margin = top - proba[rows, order[:, 1]] if proba.shape[1] > 1 else top
+    # Rounded as written to the predictions file, so the file agrees with its flags.
+    top = np.round(proba[rows, order[:, 0]], DECIMALS)
+    margin = np.round(top - proba[rows, order[:, 1]], DECIMALS) if proba.shape[1] > 1 else top
     rule = fit_to_batch(rule, top, evidence=evidence, max_flagged=max_flagged)
     similarity = clf.similarity_to_training(features)
     flags, reasons = rule.flag(top, margin, similarity)
-    return Coded(proba, order, flags, reasons, similarity, rule)
+    return Coded(proba, order, flags, reasons, similarity, rule, top, margin)
 
 
 def classify(
@@ -345,22 +350,21 @@ def classify(
         evidence=model.review_evidence,
     )
     proba, order = coded.proba, coded.order
-    rows = np.arange(len(texts))
     classes = [str(c) for c in clf.classes_]
 
     out = segments.copy()
     produced = [*PREDICTION_COLUMNS, "themes", "similarity", *(f"p_{c}" for c in classes)]
     out = out.rename(columns={c: f"{c}_input" for c in produced if c in out.columns})
     out["theme"] = [classes[j] for j in order[:, 0]]
-    out["confidence"] = np.round(proba[rows, order[:, 0]], 4)
+    out["confidence"] = coded.confidence
     out["second_theme"] = [classes[j] for j in order[:, 1]]
-    out["margin"] = np.round(proba[rows, order[:, 0]] - proba[rows, order[:, 1]], 4)
+    out["margin"] = coded.margin
     out["needs_review"] = coded.flags
     out["review_reason"] = coded.reasons
     out["themes"] = theme_lists(proba, order, classes, model, clf.multi_label)
-    out["similarity"] = np.round(coded.similarity, 4)
+    out["similarity"] = np.round(coded.similarity, DECIMALS)
     for j, theme in enumerate(classes):
-        out[f"p_{theme}"] = np.round(proba[:, j], 4)
+        out[f"p_{theme}"] = np.round(proba[:, j], DECIMALS)
     out.attrs["review_rule"] = coded.rule
     return out
 

@@ -58,8 +58,35 @@ _path = click.Path(path_type=Path)
     flag_value="import",
     help="SEGMENTS is a filled-in XLSX template: merge its labels into -o.",
 )
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=_path,
+    help="A trained model (labelling a new batch): its suggestions, and the segments whose "
+    "answers help it most asked first. Its codebook is used unless --codebook is given.",
+)
+@click.option(
+    "--first",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --template: only the first N segments in asking order.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def label(source, codebook, output, coder, multi_label, order, retrain_every, encoder, mode, quiet):
+def label(
+    source,
+    codebook,
+    output,
+    coder,
+    multi_label,
+    order,
+    retrain_every,
+    encoder,
+    model_dir,
+    first,
+    mode,
+    quiet,
+):
     """Label SEGMENTS (from `qualcode segment`) with themes, interactively in the terminal.
 
     Keys: Enter accepts the suggestion, 1-9 pick themes, s skip, u undo, ? help, q quit. Every
@@ -70,15 +97,35 @@ def label(source, codebook, output, coder, multi_label, order, retrain_every, en
       qualcode label --template SEGMENTS.csv --codebook C.yaml -o to_label.xlsx
       qualcode label --import to_label.xlsx --codebook C.yaml -o labels.csv
     """
-    from qualcode.codebook import find_codebook
-    from qualcode.label import Labeller, import_template, read_segments, write_template
+    from qualcode.codebook import find_codebook, load_codebook
+    from qualcode.label import (
+        Labeller,
+        import_template,
+        most_helpful_first,
+        read_segments,
+        write_template,
+    )
+    from qualcode.train import load_model
 
-    book = find_codebook(codebook)
+    model = None
+    if model_dir is not None:
+        model = load_model(model_dir, load_codebook(codebook) if codebook else None)
+        book = model.codebook
+    else:
+        book = find_codebook(codebook)
+    if first is not None and mode != "template":
+        raise click.UsageError("--first goes with --template")
     if mode == "template":
         segments = read_segments(source)
+        how = "file order"
+        if model is not None and order == "active":
+            rows, _ = most_helpful_first(model, segments["text"].tolist(), first)
+            segments, how = segments.iloc[rows], "most helpful first"
+        elif first is not None:
+            segments = segments.head(first)
         write_template(segments, book, output, multi_label=multi_label)
         click.echo(
-            f"{len(segments)} segments to label → {output} (choose themes in column "
+            f"{len(segments)} segments to label ({how}) → {output} (choose themes in column "
             "'theme'; descriptions on sheet 'themes')",
             err=True,
         )
@@ -101,6 +148,7 @@ def label(source, codebook, output, coder, multi_label, order, retrain_every, en
         order=order,
         retrain_every=retrain_every,
         encoder=encoder,
+        model=model,
         progress=not quiet,
     ).run()
     per_theme = ", ".join(f"{t} {n}" for t, n in result.per_theme.items() if n)

@@ -48,6 +48,7 @@ from qualcode.tables import (
 
 if TYPE_CHECKING:
     from qualcode.codebook import Codebook
+    from qualcode.train import ThemeModel
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -66,6 +67,11 @@ MIN_LABELS_PER_THEME = 2  # zero-shot suggestions until every theme has this man
 COLD_START_ANSWERS_PER_THEME = 4  # ... or the coder gave this many answers per theme
 UNCERTAIN_POOL = 10  # choose the next segment among this many least certain ones
 RECENT = 10  # ... as far as possible from the last RECENT segments asked
+# Asking first about a batch with a trained model: uncertainty × density (mean cosine to the
+# DENSITY_NEIGHBOURS nearest segments of the batch), then greedily traded against similarity to
+# the segments already chosen (weight DIVERSITY), as in Prodigy's textcat.teach.
+DENSITY_NEIGHBOURS = 5
+DIVERSITY = 0.5
 TEMPLATE_SHEET, THEMES_SHEET = "segments", "themes"
 _FORMULA_CHARS = ("=", "+", "-", "@")
 
@@ -313,6 +319,45 @@ def pick_diverse(
     return head[int(np.argmin(similarity.max(axis=1)))]
 
 
+def most_helpful_first(
+    model: ThemeModel, texts: Sequence[str], count: int | None = None
+) -> tuple[list[int], np.ndarray]:
+    """The order in which to ask about a batch's ``texts`` so that a few answers help a trained
+    ``model`` most: uncertain segments (small top-1 − top-2 margin) that many others resemble
+    (density), spread over the batch (diversity). Returns the first ``count`` row indices (all
+    by default) and the model's probabilities for every row, as ``classify`` would give them."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return [], np.zeros((0, len(model.codebook.ids)))
+    clf = model.classifier
+    features = clf.transform(texts)
+    clf = clf.adapted(features)
+    proba = clf.proba_from_features(features)
+    unsure = 1 - uncertainty(proba, multi_label=clf.multi_label)
+    x = _normalised(np.asarray(clf._dense(features.dense), dtype=np.float64))
+    sims = x @ x.T
+    np.fill_diagonal(sims, np.nan)
+    k = min(DENSITY_NEIGHBOURS, len(texts) - 1)
+    density = (
+        np.sort(np.nan_to_num(sims, nan=-1.0), axis=1)[:, -k:].mean(axis=1) if k else np.ones(1)
+    )
+    score = unsure * np.clip(density, 0, None)
+    score = score / score.max() if score.max() > 0 else score
+    np.fill_diagonal(sims, 1.0)
+    low, high = float(np.nanmin(sims)), float(np.nanmax(sims))
+    spread = (sims - low) / (high - low) if high > low else np.zeros_like(sims)
+    chosen: list[int] = []
+    closest = np.zeros(len(texts))
+    left = np.ones(len(texts), dtype=bool)
+    for _ in range(len(texts) if count is None else min(count, len(texts))):
+        value = np.where(left, (1 - DIVERSITY) * score - DIVERSITY * closest, -np.inf)
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        left[pick] = False
+        closest = np.maximum(closest, spread[pick])
+    return chosen, proba
+
+
 def _normalised(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1, norms)
@@ -437,6 +482,8 @@ class Labeller:
     coder : name stored with every answer; answers by other coders are used for suggestions but
         their segments are still asked.
     order : ``"active"`` (uncertain and diverse segments first) or ``"file"``.
+    model : a trained model: its suggestions are shown, and with ``order="active"`` the
+        segments come in :func:`most_helpful_first` order (labelling a new batch).
     retrain_every : retrain the suggestion model after this many answers.
     ask, echo : line input and output (default: ``input`` and ``click.echo``).
     """
@@ -452,6 +499,7 @@ class Labeller:
         order: str = "active",
         retrain_every: int = 5,
         encoder: str | None = None,
+        model: ThemeModel | None = None,
         ask: Callable[[str], str] | None = None,
         echo: Callable[[str], None] | None = None,
         progress: bool = True,
@@ -472,6 +520,7 @@ class Labeller:
         self.order = order
         self.retrain_every = retrain_every
         self.encoder = encoder
+        self.model = model
         self.ask = ask or input
         self.echo = echo or click.echo
         self.progress = progress
@@ -503,6 +552,8 @@ class Labeller:
         lookup = dict(zip(everything, vectors))
         self.features = _normalised(np.stack([lookup[t] for t in texts]))
         self.zero_shot = zero_shot_proba(texts, self.codebook, encoder=self.encoder)
+        if self.model is not None:
+            self.priority, self.model_proba = most_helpful_first(self.model, texts)
         self.trainer = BackgroundTrainer(
             self.codebook,
             self.features,
@@ -532,18 +583,22 @@ class Labeller:
         self.labelled = len(mine_in_file)
 
     def _cold(self) -> bool:
+        if self.model is not None:
+            return False
         lacking = any(self.counts.get(t, 0) < MIN_LABELS_PER_THEME for t in self.ids)
         limit = COLD_START_ANSWERS_PER_THEME * len(self.ids)
         return lacking and len(self.training) < limit
 
     def _proba(self) -> tuple[np.ndarray, str]:
+        if self.model is not None:
+            return self.model_proba, "trained model"
         trained = None if self._cold() else self.trainer.latest()
         if trained is None:
             return self.zero_shot, "zero-shot"
         return trained.proba, f"model, {trained.labels} labels"
 
     def _maybe_retrain(self, force: bool = False) -> None:
-        if self._cold() or not self.training:
+        if self.model is not None or self._cold() or not self.training:
             return
         if force or self._since_retrain >= self.retrain_every or self.trainer.latest() is None:
             self._since_retrain = 0
@@ -570,6 +625,9 @@ class Labeller:
             return None
         if self.order == "file":
             return candidates[0]
+        if self.model is not None:
+            open_rows = set(candidates)
+            return next(i for i in self.priority if i in open_rows)
         if self._cold():
             under = [t for t in self.ids if self.counts.get(t, 0) < MIN_LABELS_PER_THEME]
             target = self.ids.index(under[len(self._recent) % len(under)])
