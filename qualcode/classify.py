@@ -104,18 +104,19 @@ class ReviewRule:
                 "too few labels per theme to cross-validate)"
             )
         text = (
-            f"review flags chosen per batch for {self.target_accuracy:.0%} accuracy of the "
-            f"unflagged (here: confidence below {self.min_confidence:.2f}"
+            f"review flags are chosen per batch for {self.target_accuracy:.0%} accuracy of the "
+            "unflagged"
         )
         if self.expected_accuracy is not None and self.expected_coverage is not None:
             lo, hi = self.accuracy_interval or (np.nan, np.nan)
             kept = round(self.expected_coverage * (self.evidence or 0))
             text += (
-                f", which left {self.expected_coverage:.0%} unflagged at "
-                f"{self.expected_accuracy:.0%} accuracy [{INTERVAL_LEVEL:.0%}: {lo:.0%}–{hi:.0%},"
-                f" {kept} segments] in cross-validation"
+                f" (in cross-validation, confidence ≥ {self.min_confidence:.2f} left "
+                f"{self.expected_coverage:.0%} of the labelled segments unflagged, "
+                f"{self.expected_accuracy:.0%} right [{INTERVAL_LEVEL:.0%}: {lo:.0%}–{hi:.0%}, "
+                f"{kept} segments])"
             )
-        return text + ")"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
