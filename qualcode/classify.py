@@ -16,20 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from qualcode.coded import MODEL_PREFIX, PREDICTION_COLUMNS, model_column
 from qualcode.errors import QualcodeError
 
 if TYPE_CHECKING:
     from qualcode.classifier import ThemeClassifier
     from qualcode.train import ThemeModel
 
-PREDICTION_COLUMNS = [
-    "theme",
-    "confidence",
-    "second_theme",
-    "margin",
-    "needs_review",
-    "review_reason",
-]
 DEFAULT_TARGET_ACCURACY = 0.9
 DECIMALS = 4  # probabilities in the predictions file
 TABLE_SUFFIXES = {".csv", ".tsv", ".xlsx"}
@@ -254,7 +247,7 @@ def read_inputs(
     """Segments to classify: segments tables (with a ``text`` column) are read as they are;
     documents (and survey exports with ``column``) are segmented on the fly."""
     from qualcode.segment import segment
-    from qualcode.tables import read_table
+    from qualcode.tables import check_text_lengths, read_table
 
     if not paths:
         raise QualcodeError("give at least one input file")
@@ -265,6 +258,7 @@ def read_inputs(
         else:
             frames.append(segment([path], unit=unit, column=column))
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    check_text_lengths(out["text"], "segments to classify")
     if "segment_id" in out.columns:
         dupes = out["segment_id"][out["segment_id"].duplicated() & (out["segment_id"] != "")]
         if len(dupes):
@@ -327,11 +321,12 @@ def classify(
     max_flagged: float | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Every input column plus ``PREDICTION_COLUMNS``, ``themes``, ``similarity`` and one
-    ``p_<theme>`` per theme. An input column of the same name as an output column is kept
-    under ``<name>_input``. ``themes`` lists every theme above its threshold (dominant first):
-    0.5 for a multi-label model, ``model.second_theme_threshold`` for the second theme of a
-    single-label one. The chosen review rule is in ``predictions.attrs["review_rule"]``."""
+    """Every input column, then ``PREDICTION_COLUMNS`` and one ``p_<theme>`` per theme (the
+    contract in :mod:`qualcode.coded`). An input column is never replaced: where the input has a
+    column of the same name (a coder's ``theme``), the model's is ``model_<name>``. ``themes``
+    lists every theme above its threshold (dominant first): 0.5 for a multi-label model,
+    ``model.second_theme_threshold`` for the second theme of a single-label one. The review rule
+    used is in ``predictions.attrs["review_rule"]``."""
     if "text" not in segments.columns:
         raise QualcodeError("the segments to classify need a 'text' column")
     clf = model.classifier
@@ -353,19 +348,28 @@ def classify(
     proba, order = coded.proba, coded.order
     classes = [str(c) for c in clf.classes_]
 
-    out = segments.copy()
-    produced = [*PREDICTION_COLUMNS, "themes", "similarity", *(f"p_{c}" for c in classes)]
-    out = out.rename(columns={c: f"{c}_input" for c in produced if c in out.columns})
-    out["theme"] = [classes[j] for j in order[:, 0]]
-    out["confidence"] = coded.confidence
-    out["second_theme"] = [classes[j] for j in order[:, 1]]
-    out["margin"] = coded.margin
-    out["needs_review"] = coded.flags
-    out["review_reason"] = coded.reasons
-    out["themes"] = theme_lists(proba, order, classes, model, clf.multi_label)
-    out["similarity"] = np.round(coded.similarity, DECIMALS)
+    columns: dict[str, Any] = {
+        "theme": [classes[j] for j in order[:, 0]],
+        "confidence": coded.confidence,
+        "second_theme": [classes[j] for j in order[:, 1]],
+        "margin": coded.margin,
+        "needs_review": coded.flags,
+        "review_reason": coded.reasons,
+        "themes": theme_lists(proba, order, classes, model, clf.multi_label),
+        "similarity": np.round(coded.similarity, DECIMALS),
+    }
+    assert list(columns) == list(PREDICTION_COLUMNS)
     for j, theme in enumerate(classes):
-        out[f"p_{theme}"] = np.round(proba[:, j], DECIMALS)
+        columns[f"p_{theme}"] = np.round(proba[:, j], DECIMALS)
+    out = segments.copy()
+    for name, values in columns.items():
+        target = MODEL_PREFIX + name if name in segments.columns else name
+        if target in segments.columns:
+            raise QualcodeError(
+                f"the input already has columns {name!r} and {target!r}: rename one of them "
+                "so the model's column does not replace it"
+            )
+        out[target] = values
     out.attrs["review_rule"] = coded.rule
     return out
 
@@ -392,14 +396,16 @@ def review_summary(predictions: pd.DataFrame) -> str:
     (from their calibrated confidences, with a 90 % interval for the luck of the draw, and what
     cross-validation on the labelled segments says of the same threshold)."""
     rule: ReviewRule | None = predictions.attrs.get("review_rule")
-    flagged = predictions["needs_review"].astype(str).str.lower().isin(["true", "1"])
+    flagged = predictions[model_column(predictions, "needs_review")]
+    flagged = flagged.astype(str).str.lower().isin(["true", "1"])
     n, k = len(predictions), int(flagged.sum())
     if not n:
         return "no segments"
     text = f"{k} of {n} segments need review ({k / n:.0%})"
     if rule is None or n == k:
         return text
-    p = pd.to_numeric(predictions.loc[~flagged, "confidence"], errors="coerce").dropna()
+    confidence = predictions.loc[~flagged, model_column(predictions, "confidence")]
+    p = pd.to_numeric(confidence, errors="coerce").dropna()
     p = p.to_numpy()
     if not rule.calibrated:
         return text + (
@@ -423,16 +429,18 @@ def review_summary(predictions: pd.DataFrame) -> str:
 
 
 def summarize(predictions: pd.DataFrame, model: ThemeModel) -> pd.DataFrame:
-    """Themes × segments × flagged, in codebook order."""
+    """Themes × segments × flagged, in codebook order (the model's dominant theme)."""
+    themes = predictions[model_column(predictions, "theme")]
+    flags = predictions[model_column(predictions, "needs_review")].astype(bool)
     rows = []
     for theme in model.codebook.themes:
-        mine = predictions[predictions["theme"] == theme.id]
+        mine = themes == theme.id
         rows.append(
             {
                 "theme": theme.id,
                 "label": theme.label,
-                "segments": len(mine),
-                "flagged": int(mine["needs_review"].sum()),
+                "segments": int(mine.sum()),
+                "flagged": int(flags[mine].sum()),
             }
         )
     table = pd.DataFrame(rows)
@@ -442,7 +450,7 @@ def summarize(predictions: pd.DataFrame, model: ThemeModel) -> pd.DataFrame:
                 "theme": "total",
                 "label": "",
                 "segments": len(predictions),
-                "flagged": int(predictions["needs_review"].sum()),
+                "flagged": int(flags.sum()),
             }
         ]
     )
@@ -454,5 +462,6 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path, *, excel: boo
     from qualcode.tables import write_table
 
     out = predictions.copy()
-    out["needs_review"] = np.where(out["needs_review"].astype(bool), "true", "false")
+    column = model_column(out, "needs_review")
+    out[column] = np.where(out[column].astype(bool), "true", "false")
     write_table(out, path, excel=excel)

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import click
 
+from qualcode.cli_options import excel_option, force_option, guarded, quiet_option
 from qualcode.codebook import CODEBOOK_HELP
 from qualcode.errors import QualcodeError
 
 EXIT_BAD_INPUT = 2
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables.")
-excel_option = click.option(
-    "--excel", is_flag=True, help="Write UTF-8 with BOM and ';' for Swedish Excel."
-)
 encoder_option = click.option(
     "--encoder",
     default=None,
@@ -54,11 +51,13 @@ def cli() -> None:
 @click.option("--unit", type=click.Choice(["paragraph", "sentence"]), default="paragraph")
 @click.option("--column", default=None, help="Answer column of a .csv/.xlsx survey export.")
 @excel_option
-def segment(paths, output, unit, column, excel) -> None:
+@force_option
+def segment(paths, output, unit, column, excel, force) -> None:
     """Split documents or survey exports into codable segments with provenance."""
     from qualcode.segment import segment as run_segment
     from qualcode.tables import write_table
 
+    guarded(output, paths, force)
     segments = run_segment(paths, unit=unit, column=column)
     write_table(segments, output, excel=excel)
     click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}", err=True)
@@ -85,6 +84,16 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
     from qualcode.train import read_label_files
     from qualcode.train import train as run_train
 
+    for source in [*labels, *([codebook] if codebook else [])]:
+        if (
+            Path(source).exists()
+            and output.exists()
+            and (output.is_file() or Path(source).resolve().is_relative_to(output.resolve()))
+        ):
+            raise QualcodeError(
+                f"-o {str(output)!r} is an input of this command or holds one: a model directory "
+                "needs its own folder; nothing was written."
+            )
     book = find_codebook(codebook)
     table = read_label_files(list(labels), book)
     model = run_train(
@@ -130,6 +139,7 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
 )
 @click.option("--multi-label", is_flag=True, help="Require a multi-label model.")
 @excel_option
+@force_option
 @quiet_option
 def classify(
     model_dir,
@@ -144,6 +154,7 @@ def classify(
     adapt,
     multi_label,
     excel,
+    force,
     quiet,
 ):
     """Classify segments (a segments CSV or documents) with a trained model."""
@@ -152,6 +163,7 @@ def classify(
     from qualcode.codebook import load_codebook
     from qualcode.train import load_model
 
+    guarded(output, [*inputs, *([codebook] if codebook else [])], force)
     model = load_model(model_dir, load_codebook(codebook) if codebook else None)
     rule = model.rule_for(target_accuracy) if target_accuracy else model.review_rule
     if min_margin is not None:

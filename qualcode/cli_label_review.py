@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qualcode.cli_options import force_option, guarded
 from qualcode.codebook import CODEBOOK_HELP
 
 __all__ = ["apply", "label", "review"]
@@ -72,6 +73,7 @@ _path = click.Path(path_type=Path)
     default=None,
     help="With --template: only the first N segments in asking order.",
 )
+@force_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def label(
     source,
@@ -85,6 +87,7 @@ def label(
     model_dir,
     first,
     mode,
+    force,
     quiet,
 ):
     """Label SEGMENTS (from `qualcode segment`) with themes, interactively in the terminal.
@@ -115,6 +118,12 @@ def label(
         book = find_codebook(codebook)
     if first is not None and mode != "template":
         raise click.UsageError("--first goes with --template")
+    if mode == "template":
+        guarded(output, [source, *([codebook] if codebook else [])], force)
+    elif mode == "import":
+        guarded(output, [source], updates_labels=True)  # merged into -o after a backup
+    else:
+        guarded(output, [source], updates_labels=True)  # the labeller appends to -o
     if mode == "template":
         segments = read_segments(source)
         how = "file order"
@@ -185,9 +194,12 @@ def label(
     help="Encoder for the label-error check (default: bundled e5-small).",
 )
 @click.option("--excel", is_flag=True, help="Write UTF-8 with BOM and ';' for Swedish Excel.")
+@force_option
 @click.option("--quiet", "-q", is_flag=True, help="Print no agreement table.")
 @click.pass_context
-def review(ctx, labels, predictions, codebook, output, label_errors, folds, encoder, excel, quiet):
+def review(
+    ctx, labels, predictions, codebook, output, label_errors, folds, encoder, excel, force, quiet
+):
     """Export the rows to review to a CSV: model vs coder, likely label errors, flagged
     segments (with --predictions) and coder vs coder (with several coders).
 
@@ -207,6 +219,8 @@ def review(ctx, labels, predictions, codebook, output, label_errors, folds, enco
     from qualcode.codebook import find_codebook
     from qualcode.review import build_review, write_review
 
+    inputs = [*labels, *([predictions] if predictions else []), *([codebook] if codebook else [])]
+    guarded(output, inputs, force)
     result = build_review(
         list(labels),
         find_codebook(codebook),
@@ -236,6 +250,7 @@ def apply(review_file, labels, codebook, coder):
     from qualcode.codebook import find_codebook
     from qualcode.review import apply_review
 
+    guarded(labels, [review_file], updates_labels=True)
     result = apply_review(review_file, labels, find_codebook(codebook), coder=coder)
     if not result.changed and not result.added:
         click.echo(

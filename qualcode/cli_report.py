@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from qualcode.cli_options import force_option, guarded
 from qualcode.codebook import CODEBOOK_HELP
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def _table_options(output_help: str) -> Callable[[Callable[..., Any]], Callable[
     """PREDICTIONS_OR_LABELS, --codebook and -o, shared by report and the exports."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = force_option(command)
         command = click.option("-o", "--output", required=True, type=_path, help=output_help)(
             command
         )
@@ -60,10 +62,13 @@ def _pseudonymiser(pseudonymise: bool, names: Path | None) -> Pseudonymiser | No
     return Pseudonymiser.from_names_file(names)
 
 
-def _read(source: Path, codebook: Path | None) -> tuple[pd.DataFrame, Codebook]:
+def _read(
+    source: Path, codebook: Path | None, output: Path, force: bool, others: Any = ()
+) -> tuple[pd.DataFrame, Codebook]:
     from qualcode.codebook import find_codebook
     from qualcode.tables import read_table
 
+    guarded(output, [source, *([codebook] if codebook else []), *others], force)
     book = find_codebook(codebook)
     table = read_table(source, required=("text", "theme"), what="predictions or labels file")
     return table, book
@@ -107,7 +112,17 @@ def _say(messages: list[str]) -> None:
 @_privacy_options
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the counts table.")
 def report(
-    source, codebook, output, by, exemplars, include_flagged, sources, pseudonymise, names, quiet
+    source,
+    codebook,
+    output,
+    force,
+    by,
+    exemplars,
+    include_flagged,
+    sources,
+    pseudonymise,
+    names,
+    quiet,
 ) -> None:
     """Theme counts, charts, typical quotes and flagged segments from PREDICTIONS_OR_LABELS.
 
@@ -117,7 +132,7 @@ def report(
     """
     from qualcode.report import report as run_report
 
-    table, book = _read(source, codebook)
+    table, book = _read(source, codebook, output, force, [*sources, *([names] if names else [])])
     result = run_report(
         table,
         book,
@@ -147,11 +162,11 @@ def export() -> None:
 @export.command("xlsx")
 @_table_options("The .xlsx file to write.")
 @_privacy_options
-def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
+def export_xlsx(source, codebook, output, force, pseudonymise, names) -> None:
     """A summary sheet, all segments with a 0/1 column per theme, and one sheet per theme."""
     from qualcode.export import write_workbook
 
-    table, book = _read(source, codebook)
+    table, book = _read(source, codebook, output, force, [names] if names else [])
     result = write_workbook(table, book, output, pseudonymiser=_pseudonymiser(pseudonymise, names))
     _say([*result.messages, result.pseudonymised])
     click.echo(f"{result.segments} segments → {output}", err=True)
@@ -169,11 +184,13 @@ def export_xlsx(source, codebook, output, pseudonymise, names) -> None:
 )
 @click.option("--accepted-only", is_flag=True, help="Leave out segments flagged for review.")
 @_privacy_options
-def export_qdpx(source, codebook, output, sources, accepted_only, pseudonymise, names) -> None:
+def export_qdpx(
+    source, codebook, output, force, sources, accepted_only, pseudonymise, names
+) -> None:
     """A REFI-QDA project: the codebook as codes, documents as sources, segments coded."""
     from qualcode.export import write_qdpx
 
-    table, book = _read(source, codebook)
+    table, book = _read(source, codebook, output, force, [*sources, *([names] if names else [])])
     result = write_qdpx(
         table,
         book,

@@ -288,12 +288,37 @@ def parse_codebook(data: Any, *, source: str = "codebook", path: Path | None = N
     return Codebook(name=name, themes=tuple(themes), path=path, sha256=_content_hash(themes))
 
 
+MAX_CODEBOOK_CHARS = 2_000_000
+
+
+class _CodebookLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a codebook has no use for ``*refs``, and they are
+    how an alias bomb expands a small file into billions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_codebook(path: str | os.PathLike[str]) -> Codebook:
     """Load and validate a YAML codebook; any problem raises :class:`QualcodeError`."""
     path = Path(path)
     text = read_text(path, what="codebook")
+    if len(text) > MAX_CODEBOOK_CHARS:
+        raise QualcodeError(
+            f"codebook {path.name!r} is {len(text):,} characters; a codebook is at most "
+            f"{MAX_CODEBOOK_CHARS:,}: is this the right file?"
+        )
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_CodebookLoader)  # noqa: S506 - a SafeLoader, see below
+    except RecursionError:
+        raise QualcodeError(
+            f"codebook {path.name!r} is nested too deeply to be a codebook; check the file"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

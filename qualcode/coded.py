@@ -21,7 +21,10 @@ from qualcode.tables import spreadsheet_rows
 
 __all__ = [
     "NONE_GROUP",
+    "MODEL_PREFIX",
     "PREDICTION_COLUMNS",
+    "is_predictions",
+    "model_column",
     "PROVENANCE",
     "TOTAL",
     "CodedTable",
@@ -38,19 +41,24 @@ TOTAL = "total"
 NONE_GROUP = "(ingen)"
 PROVENANCE = ("segment_id", "document", "section", "line_start", "line_end")
 
-# What `qualcode classify` adds to each segment.
+# What `qualcode classify` adds to each segment, in this order, before one p_<theme> per theme.
+# Where the input already has one of these columns (a labelled file classified for comparison),
+# the input's column stays as it is and the model's is written as MODEL_PREFIX + name.
 PREDICTION_COLUMNS = (
     "theme",
-    "themes",
     "confidence",
     "second_theme",
     "margin",
     "needs_review",
     "review_reason",
+    "themes",
+    "similarity",
 )
+MODEL_PREFIX = "model_"
 # Columns that hold ids, numbers and flags, never personal data in running text.
 _NOT_PERSONAL = {"segment_id", "document", "line_start", "line_end", "coder", "labelled_at"}
 _NOT_PERSONAL.update(PREDICTION_COLUMNS)
+_NOT_PERSONAL.update(MODEL_PREFIX + c for c in PREDICTION_COLUMNS)
 _TRUE = {"true", "1", "yes", "ja", "sant"}
 _FALSE = {"false", "0", "no", "nej", "falskt", ""}
 
@@ -70,6 +78,17 @@ class CodedTable:
     @property
     def predictions(self) -> bool:
         return self.kind == "predictions"
+
+
+def model_column(table: pd.DataFrame, name: str) -> str:
+    """The column holding the model's ``name`` (``theme``, ``confidence``, …) in a predictions
+    table: ``model_<name>`` where the input had its own ``name``, else ``name``."""
+    return MODEL_PREFIX + name if MODEL_PREFIX + name in table.columns else name
+
+
+def is_predictions(table: pd.DataFrame) -> bool:
+    """Whether ``table`` comes from ``qualcode classify`` (it has the model's confidence)."""
+    return model_column(table, "confidence") in table.columns
 
 
 def column_text(table: pd.DataFrame, name: str) -> pd.Series:
@@ -149,20 +168,24 @@ def read_coded(
             f"{', '.join(map(repr, map(str, table.columns)))}. A predictions file from "
             "`qualcode classify` or a labels file (text, theme) is needed."
         )
-    kind = "predictions" if "confidence" in table.columns else "labels"
+    kind = "predictions" if is_predictions(table) else "labels"
     rows = spreadsheet_rows(table)
-    theme_cells = column_text(table, "theme")
-    if kind == "predictions" and "themes" in table.columns:  # multi-label model
-        multi = column_text(table, "themes")
+    theme_column = model_column(table, "theme") if kind == "predictions" else "theme"
+    theme_cells = column_text(table, theme_column)
+    if kind == "predictions" and model_column(table, "themes") in table.columns:
+        multi = column_text(table, model_column(table, "themes"))
         theme_cells = multi.where(multi.str.strip() != "", theme_cells)
-    parsed = codebook.check_themes(theme_cells, what=f"{what} column 'theme'", rows=rows)
+    parsed = codebook.check_themes(theme_cells, what=f"{what} column {theme_column!r}", rows=rows)
     text = column_text(table, "text")
     frame = table.fillna("").astype(str).copy()
     frame["_themes"] = parsed
     frame["_index"] = range(len(frame))
     if kind == "predictions":
-        frame["_confidence"] = _parse_confidence(column_text(table, "confidence"), rows)
-        frame["_flagged"] = _parse_flags(column_text(table, "needs_review"), rows)
+        confidence = column_text(table, model_column(table, "confidence"))
+        frame["_confidence"] = _parse_confidence(confidence, rows)
+        frame["_flagged"] = _parse_flags(
+            column_text(table, model_column(table, "needs_review")), rows
+        )
     else:
         frame["_confidence"] = math.nan
         frame["_flagged"] = False

@@ -327,8 +327,14 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
         raise QualcodeError(f"{directory} has no {MANIFEST}: it was not fully written") from err
     except (ValueError, KeyError, TypeError) as err:
         raise QualcodeError(f"{path} is corrupt") from err
+    root = directory.resolve()
     for rel, digest in files.items():
         f = directory / rel
+        if f.is_symlink() or not f.resolve().is_relative_to(root):
+            raise QualcodeError(
+                f"{directory} is not self-contained: {rel} is a link or lies outside it; "
+                "a model directory holds its own files"
+            )
         if not f.is_file():
             raise QualcodeError(f"{directory} is incomplete: {rel} is missing")
         if sha256_file(f) != digest:
@@ -515,7 +521,9 @@ class EmbeddingCache:
                 return {}
             for k, blob in rows:
                 if len(blob) == 4 * dim:
-                    found[k] = np.frombuffer(blob, dtype=np.float32)
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    if np.isfinite(vector).all():  # a damaged row is embedded again
+                        found[k] = vector
         return {i: found[k] for i, k in enumerate(keys) if k in found}
 
     def put(self, encoder: str, texts: Sequence[str], vectors: np.ndarray) -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 
 from qualcode.codebook import Codebook
 from qualcode.coded import (
+    MODEL_PREFIX,
     PREDICTION_COLUMNS,
     PROVENANCE,
     TOTAL,
@@ -115,6 +116,7 @@ def _matrix(coded: CodedTable) -> pd.DataFrame:
             values = frame[column]
             out[column] = values.map(_int_or_text) if column.startswith("line_") else values
     skip = set(PROVENANCE) | set(PREDICTION_COLUMNS) | {"text", "coder", "labelled_at"}
+    skip |= {MODEL_PREFIX + c for c in PREDICTION_COLUMNS}
     for column in frame.columns:
         if column not in skip and not column.startswith(("_", "p_")):
             out[column] = frame[column]

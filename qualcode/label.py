@@ -43,6 +43,7 @@ from qualcode.tables import (
     backup_file,
     read_table,
     spreadsheet_rows,
+    unneutralise,
     write_table,
 )
 
@@ -73,7 +74,6 @@ RECENT = 10  # ... as far as possible from the last RECENT segments asked
 DENSITY_NEIGHBOURS = 5
 DIVERSITY = 0.5
 TEMPLATE_SHEET, THEMES_SHEET = "segments", "themes"
-_FORMULA_CHARS = ("=", "+", "-", "@")
 
 
 def default_coder() -> str:
@@ -159,10 +159,6 @@ def latest_answers(labels: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the labels file
 
 
-def _unneutralise(value: str) -> str:
-    return value[1:] if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_CHARS else value
-
-
 class LabelStore:
     """The labels CSV of one coder's session: durable appends, atomic undo, a session lock.
 
@@ -232,7 +228,7 @@ class LabelStore:
             return
         with self.path.open("rb") as handle:
             first = handle.readline().decode("utf-8-sig", errors="replace")
-        header = [_unneutralise(h.strip()) for h in next(csv.reader([first]), [])]
+        header = [unneutralise(h.strip()) for h in next(csv.reader([first]), [])]
         if header != list(LABEL_COLUMNS):
             raise QualcodeError(
                 f"{self.path.name!r} exists but is not a labels file of `qualcode label` (columns "
@@ -271,7 +267,7 @@ class LabelStore:
         records = list(csv.reader(io.StringIO(text)))
         if len(records) < 2:
             return None
-        header = [_unneutralise(h) for h in records[0]]
+        header = [unneutralise(h) for h in records[0]]
         if header != list(LABEL_COLUMNS):
             raise QualcodeError(
                 f"{self.path.name!r} is not a labels file written by `qualcode label`; cannot undo."
@@ -279,14 +275,14 @@ class LabelStore:
         coder_at, id_at = header.index("coder"), header.index("segment_id")
         for i in range(len(records) - 1, 0, -1):
             record = records[i]
-            if len(record) > coder_at and _unneutralise(record[coder_at]) == self.coder:
+            if len(record) > coder_at and unneutralise(record[coder_at]) == self.coder:
                 del records[i]
                 buffer = io.StringIO()
                 csv.writer(buffer, lineterminator="\n").writerows(
                     r for r in records if any(c.strip() for c in r)
                 )
                 atomic_write_text(self.path, buffer.getvalue())
-                return _unneutralise(record[id_at])
+                return unneutralise(record[id_at])
         return None
 
 

@@ -25,6 +25,8 @@ it backs the file up, updates or appends rows (never drops one) and appends each
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +36,17 @@ import numpy as np
 import pandas as pd
 
 from qualcode.agreement import agreement_table
-from qualcode.errors import QualcodeError
+from qualcode.coded import model_column
+from qualcode.errors import QualcodeError, crash_point
 from qualcode.tables import (
     append_row_durably,
+    atomic_write_bytes,
+    atomic_write_text,
     backup_file,
     file_sha256,
     read_table,
     spreadsheet_rows,
+    table_bytes,
     write_table,
 )
 
@@ -69,6 +75,7 @@ TAIL_COLUMNS = (
     "note",
     "labels_sha256",
 )
+LOCK_TIMEOUT = 10.0  # seconds to wait for a labels file in use
 AUDIT_COLUMNS = (
     "resolved_at",
     "resolved_by",
@@ -160,19 +167,23 @@ def _read_coded(paths: Sequence[str | Path], codebook: Codebook) -> _Coded:
 def _read_predictions(path: str | Path, codebook: Codebook) -> pd.DataFrame:
     path = Path(path)
     table = read_table(path, required=("text", "theme"), what="predictions file")
+    theme = model_column(table, "theme")
     parsed = codebook.check_themes(
-        table["theme"], what=f"predictions file {path.name!r}", rows=spreadsheet_rows(table)
+        table[theme], what=f"predictions file {path.name!r}", rows=spreadsheet_rows(table)
     )
     out = pd.DataFrame(
         {
             "key": segment_keys(table),
             "theme": [ids[0] if ids else "" for ids in parsed],
             "confidence": [
-                _float(v) for v in table.get("confidence", pd.Series([""] * len(table)))
+                _float(v)
+                for v in table.get(model_column(table, "confidence"), pd.Series([""] * len(table)))
             ],
             "flagged": [
                 str(v).strip().lower() in _TRUE
-                for v in table.get("needs_review", pd.Series([""] * len(table)))
+                for v in table.get(
+                    model_column(table, "needs_review"), pd.Series([""] * len(table))
+                )
             ],
             "text": table["text"],
             "document": table.get("document", pd.Series([""] * len(table))),
@@ -489,12 +500,75 @@ def apply_review(
     new row by ``coder``. Refuses with :class:`QualcodeError`, writing nothing, if a resolved
     theme is unknown or ``labels`` is not byte-identical to a file the review was made from.
     """
-    from qualcode.label import default_coder, now
+    from filelock import FileLock, Timeout
 
     review, labels = Path(review), Path(labels)
     decisions, hashes = _resolved(review, codebook)
     if decisions.empty:
         return ApplyResult(0, 0, 0, None, None)
+    lock = FileLock(str(labels.with_name(f".{labels.name}.lock")))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT)
+    except Timeout:
+        raise QualcodeError(
+            f"{labels.name!r} is in use (a labelling session or another `review apply`); "
+            "finish that first. Nothing was written."
+        ) from None
+    try:
+        finish_pending_apply(labels)
+        return _apply(review, labels, codebook, decisions, hashes, coder)
+    finally:
+        lock.release()
+
+
+def _pending_path(labels: Path) -> Path:
+    return labels.with_name(f".{labels.name}.apply-pending.json")
+
+
+def finish_pending_apply(labels: str | Path) -> None:
+    """Complete an apply that was killed: its audit lines are written ahead to a pending file
+    with the labels' hash after the change; if the labels have that hash the change landed and
+    the lines join the audit log, otherwise it did not and they are dropped. Call under the
+    labels' lock."""
+    labels = Path(labels)
+    pending = _pending_path(labels)
+    if not pending.exists():
+        return
+    try:
+        state = json.loads(pending.read_text(encoding="utf-8"))
+        landed = labels.exists() and file_sha256(labels) == state["after"]
+        entries = state["entries"] if landed else []
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = []
+    log = audit_path(labels)
+    done = _audit_keys(log)
+    for entry in entries:
+        if _audit_key(entry) not in done:
+            append_row_durably(log, AUDIT_COLUMNS, entry)
+    pending.unlink(missing_ok=True)
+
+
+def _audit_key(entry: dict[str, str]) -> tuple[str, ...]:
+    return tuple(str(entry.get(c, "")) for c in ("resolved_at", "segment_id", "coder", "new_theme"))
+
+
+def _audit_keys(log: Path) -> set[tuple[str, ...]]:
+    if not log.exists():
+        return set()
+    table = read_table(log)
+    return {_audit_key(row) for row in table.to_dict("records")}
+
+
+def _apply(
+    review: Path,
+    labels: Path,
+    codebook: Codebook,
+    decisions: pd.DataFrame,
+    hashes: set[str],
+    coder: str | None,
+) -> ApplyResult:
+    from qualcode.label import default_coder, now
+
     if not hashes:
         raise QualcodeError(
             f"review file {review.name!r}: the 'labels_sha256' column is empty; "
@@ -572,9 +646,32 @@ def apply_review(
         )
     if len(updated) != len(table) + len(new_rows):  # the promise: never drop a row
         raise AssertionError("apply_review would change the number of rows")
+    _refuse_lossy_text(updated, table, review)
     backup = backup_file(labels)
-    write_table(updated, labels)
-    log = audit_path(labels)
-    for entry in audit:
-        append_row_durably(log, AUDIT_COLUMNS, entry)
-    return ApplyResult(changed, len(new_rows), unchanged, backup, log)
+    # Write-ahead: the audit lines and the labels' hash-to-be go to a pending file first, so a
+    # kill at any point leaves labels and audit log consistent (see finish_pending_apply).
+    data = table_bytes(updated, xlsx=labels.suffix.lower() == ".xlsx")
+    pending = _pending_path(labels)
+    state = {"after": hashlib.sha256(data).hexdigest(), "entries": audit}
+    atomic_write_text(pending, json.dumps(state, ensure_ascii=False))
+    crash_point("apply-pending")
+    atomic_write_bytes(labels, data)
+    crash_point("apply-replaced")
+    finish_pending_apply(labels)
+    return ApplyResult(changed, len(new_rows), unchanged, backup, audit_path(labels))
+
+
+_LOSSY = re.compile(r"\ufffd|[^\W\d_]\?[^\W\d_]")
+
+
+def _refuse_lossy_text(updated: pd.DataFrame, before: pd.DataFrame, review: Path) -> None:
+    """A review file saved in an encoding without å/ä/ö turns them into ``?`` (or U+FFFD):
+    refuse to write such text into the labels."""
+    old = set(before["text"].astype(str))
+    for text in updated["text"].astype(str):
+        if text not in old and _LOSSY.search(text):
+            raise QualcodeError(
+                f"review file {review.name!r} has text with lost characters ({text[:40]!r}): it "
+                "was saved in an encoding without å/ä/ö. Save it as UTF-8 (CSV UTF-8 in Excel) "
+                "and apply again; nothing was written."
+            )

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from qualcode.errors import QualcodeError
-from qualcode.tables import check_file, read_table, read_text, spreadsheet_rows
+from qualcode.tables import (
+    check_file,
+    check_text_lengths,
+    check_zip_container,
+    read_table,
+    read_text,
+    spreadsheet_rows,
+)
 
 if TYPE_CHECKING:
     from docx.text.paragraph import Paragraph
@@ -542,6 +549,7 @@ def _docx_lines(path: Path) -> list[_Line]:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
+    check_zip_container(path, "document")
     try:
         document = docx.Document(str(path))
     except Exception as exc:  # python-docx raises many types for a broken package
@@ -767,6 +775,8 @@ def segment(
             f"no text segments found in {names}; check that the files "
             "contain text (not only headings or empty answers)."
         )
+    places = [f"{d} line {n}" for d, n in zip(out["document"], out["line_start"])]
+    check_text_lengths(out["text"], "segments", places)
     extra = [c for c in out.columns if c not in SEGMENT_COLUMNS]
     if extra:
         out[extra] = out[extra].fillna("")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import glob
 import hashlib
 import io
 import os
 import secrets
 import shutil
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 
-from qualcode.errors import QualcodeError
+from qualcode.errors import QualcodeError, crash_point
 
 __all__ = [
     "TEXT_TABLE_SUFFIXES",
@@ -32,9 +34,14 @@ __all__ = [
     "backup_file",
     "check_file",
     "file_sha256",
+    "guard_output",
+    "holds_labels",
     "read_table",
     "read_text",
+    "same_file",
     "sheet_name",
+    "table_bytes",
+    "unneutralise",
     "spreadsheet_rows",
     "write_table",
     "xlsx_bytes",
@@ -44,10 +51,17 @@ TEXT_TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 TABLE_SUFFIXES = (*TEXT_TABLE_SUFFIXES, ".xlsx")
 
 _DELIMITERS = (",", ";", "\t")
-_FORMULA_CHARS = ("=", "+", "-", "@")
+_FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets may run
 _SNIFF_RECORDS = 50
 _UTF8_BOM = b"\xef\xbb\xbf"
 _ALLOWED_CONTROL = frozenset("\t\n\r\f\v")
+# Limits that keep hostile or mistaken files from eating the machine; each error names its limit.
+MAX_TEXT_BYTES = 100 * 2**20  # a text or CSV file
+MAX_UNZIPPED_BYTES = 400 * 2**20  # all parts of a .docx/.xlsx together, uncompressed
+MAX_ZIP_RATIO = 200  # uncompressed / compressed size of one part above 10 MB
+MAX_BLANK_ROWS = 10_000  # a run of empty spreadsheet rows this long ends the table
+MAX_COLUMNS = 2_000
+MAX_SEGMENT_CHARS = 100_000
 
 
 def _q(value: object) -> str:
@@ -81,6 +95,12 @@ def check_file(path: str | os.PathLike[str], *, what: str = "file") -> None:
 
 def _read_bytes(path: Path, what: str) -> bytes:
     try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise QualcodeError(
+                f"{what} {path.name!r} is {size / 2**20:,.0f} MB; qualcode reads text and CSV "
+                f"files up to {MAX_TEXT_BYTES // 2**20} MB: split it into smaller files"
+            )
         return path.read_bytes()
     except OSError as exc:
         raise QualcodeError(
@@ -119,7 +139,8 @@ def _decode(data: bytes, path: Path, what: str) -> str:
     else:
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
+            _refuse_mixed_encoding(data, exc, path, what)
             try:
                 text = data.decode("cp1252")  # Swedish Excel "CSV (semikolonavgränsad)"
             except UnicodeDecodeError:
@@ -127,6 +148,23 @@ def _decode(data: bytes, path: Path, what: str) -> str:
     if "\x00" in text or _looks_binary(text):
         raise binary
     return text.lstrip("\ufeff")
+
+
+def _refuse_mixed_encoding(data: bytes, exc: UnicodeDecodeError, path: Path, what: str) -> None:
+    """A file that is UTF-8 with å/ä/ö except on some lines (one pasted from a cp1252 file):
+    decoding it all as cp1252 would turn every other å/ä/ö into mojibake, so refuse and name
+    the line."""
+    valid_utf8_before = data[: exc.start]
+    if not any(b >= 0x80 for b in valid_utf8_before) and not any(
+        b >= 0x80 for b in data[exc.end :].decode("utf-8", errors="ignore").encode("utf-8")
+    ):
+        return  # no other non-ASCII text: plain cp1252
+    line = data.count(b"\n", 0, exc.start) + 1
+    raise QualcodeError(
+        f"{what} {path.name!r} mixes encodings: it is UTF-8 but line {line} is not (saved from "
+        "another program as cp1252/ANSI?). Reading it either way would garble å/ä/ö on some "
+        "lines: open it in a text editor or Excel and save it again as UTF-8."
+    )
 
 
 def read_text(path: str | os.PathLike[str], *, what: str = "file") -> str:
@@ -140,7 +178,7 @@ def read_text(path: str | os.PathLike[str], *, what: str = "file") -> str:
     return _decode(_read_bytes(path, what), path, what)
 
 
-def _strip_apostrophe(value: str) -> str:
+def unneutralise(value: str) -> str:
     """Undo :func:`_neutralise`: drop one apostrophe before ``= + - @``."""
     if value.startswith("'") and value.lstrip("'").startswith(_FORMULA_CHARS):
         return value[1:]
@@ -199,6 +237,8 @@ def _read_delimited(text: str, path: Path, what: str, required: Sequence[str]) -
     preferred = "\t" if path.suffix.lower() == ".tsv" else ","
     delim = _sniff_delimiter(text, required, preferred)
     reader = csv.reader(io.StringIO(text), delimiter=delim, strict=False)
+    if csv.field_size_limit() < MAX_TEXT_BYTES:
+        csv.field_size_limit(MAX_TEXT_BYTES)  # a long answer is not a parse error
     try:
         records = list(reader)
     except csv.Error as exc:
@@ -225,10 +265,45 @@ def _cell_to_str(value: object) -> str:
     return str(value)
 
 
+def check_zip_container(path: Path, what: str) -> None:
+    """Refuse a .docx/.xlsx that would expand beyond :data:`MAX_UNZIPPED_BYTES`, holds a part
+    compressed suspiciously well (a zip bomb), or declares XML entities (which Word and Excel
+    never write; they are how XML bombs and external-entity attacks work)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = archive.infolist()
+            total = sum(p.file_size for p in parts)
+            bomb = [
+                p.filename
+                for p in parts
+                if p.file_size > 10 * 2**20
+                and p.file_size > MAX_ZIP_RATIO * max(p.compress_size, 1)
+            ]
+            if total > MAX_UNZIPPED_BYTES or bomb:
+                raise QualcodeError(
+                    f"{what} {path.name!r} would unpack to {total / 2**20:,.0f} MB"
+                    f"{' (a zip bomb?)' if bomb else ''}; qualcode opens .docx/.xlsx files up to "
+                    f"{MAX_UNZIPPED_BYTES // 2**20} MB unpacked: save a smaller file or export CSV"
+                )
+            for part in parts:
+                if part.filename.endswith((".xml", ".rels")):
+                    with archive.open(part) as handle:
+                        head = handle.read(65536)
+                    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+                        raise QualcodeError(
+                            f"{what} {path.name!r} declares XML entities in {part.filename}, "
+                            "which Word and Excel never write; it is refused as unsafe. Save it "
+                            "again from Word or Excel."
+                        )
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip at all: the reader says so in its own words
+
+
 def _read_xlsx(path: Path, what: str) -> list[list[str]]:
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
+    check_zip_container(path, what)
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
@@ -238,9 +313,20 @@ def _read_xlsx(path: Path, what: str) -> list[list[str]]:
         ) from None
     try:
         sheet = workbook.worksheets[0]
-        return [
-            [_cell_to_str(v) for v in row] for row in sheet.iter_rows(min_row=1, values_only=True)
-        ]
+        sheet.reset_dimensions()  # a forged "A1:XFD1048576" would pad every row to 16,384 cells
+        records: list[list[str]] = []
+        blank = 0
+        for row in sheet.iter_rows(min_row=1, values_only=True):
+            cells = [_cell_to_str(v) for v in row[:MAX_COLUMNS]]
+            if not any(c.strip() for c in cells):
+                blank += 1
+                if blank > MAX_BLANK_ROWS:
+                    break  # the rest of the sheet is empty (or a million empty rows)
+                continue
+            records.extend([[] for _ in range(blank)])
+            blank = 0
+            records.append(cells)
+        return records
     finally:
         workbook.close()
 
@@ -312,7 +398,7 @@ def _build_frame(
             f"{what} {path.name!r} has a header row but no data rows; add rows below the header."
         )
 
-    data = {name: [_strip_apostrophe(row[i]) for row in rows] for i, name in enumerate(header)}
+    data = {name: [unneutralise(row[i]) for row in rows] for i, name in enumerate(header)}
     frame = pd.DataFrame(data, columns=header, dtype=str)
     frame.attrs["header_row"] = header_row
     frame.attrs["original_names"] = {new: old for old, new in renames.items()}
@@ -384,7 +470,23 @@ def _write_error(path: Path, exc: OSError) -> QualcodeError:
     )
 
 
+STALE_SECONDS = 600  # a temporary file this old was left by a killed run
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.*.tmp`` files a killed run left beside ``path`` (old enough that no
+    live writer can own them)."""
+    cutoff = time.time() - STALE_SECONDS
+    try:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -397,6 +499,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("before-rename")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -498,26 +601,30 @@ def xlsx_bytes(sheets: Mapping[str, pd.DataFrame], *, layout: bool = True) -> by
     return buffer.getvalue()
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, excel: bool = False) -> None:
-    """Write ``df`` (without index) atomically as CSV, or as .xlsx if ``path`` ends in .xlsx.
-
-    CSV is UTF-8 with ``,``; ``excel=True`` writes UTF-8 with BOM, ``;`` and decimal comma
-    for Swedish Excel. Text cells starting with ``= + - @`` are prefixed with ``'`` so that
-    spreadsheet programs do not run them as formulas (:func:`read_table` undoes this). In
-    .xlsx files all text cells are typed as text instead, so no prefix is needed.
-    Parent directories are created.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".xlsx":
-        atomic_write_bytes(path, xlsx_bytes({"Blad1": df}))
-        return
+def table_bytes(df: pd.DataFrame, *, excel: bool = False, xlsx: bool = False) -> bytes:
+    """The bytes :func:`write_table` writes for ``df``."""
+    if xlsx:
+        return xlsx_bytes({"Blad1": df})
     text = _csv_frame(df).to_csv(
         index=False,
         sep=";" if excel else ",",
         decimal="," if excel else ".",
         lineterminator="\n",
     )
-    atomic_write_bytes(path, text.encode("utf-8-sig" if excel else "utf-8"))
+    return text.encode("utf-8-sig" if excel else "utf-8")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, excel: bool = False) -> None:
+    """Write ``df`` (without index) atomically as CSV, or as .xlsx if ``path`` ends in .xlsx.
+
+    CSV is UTF-8 with ``,``; ``excel=True`` writes UTF-8 with BOM, ``;`` and decimal comma
+    for Swedish Excel. Text cells starting with ``= + - @``, a tab or a carriage return are
+    prefixed with ``'`` so that spreadsheet programs do not run them as formulas
+    (:func:`read_table` undoes this). In .xlsx files all text cells are typed as text instead,
+    so no prefix is needed. Parent directories are created.
+    """
+    path = Path(path)
+    atomic_write_bytes(path, table_bytes(df, excel=excel, xlsx=path.suffix.lower() == ".xlsx"))
 
 
 # --------------------------------------------------------------------------- misc files
@@ -533,6 +640,82 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_text_lengths(
+    texts: Iterable[object], what: str, where: Sequence[str] | None = None
+) -> None:
+    """Refuse a segment longer than :data:`MAX_SEGMENT_CHARS` (a whole book in one cell);
+    ``where`` names each segment's place (default: its number)."""
+    for i, text in enumerate(texts):
+        if len(str(text)) > MAX_SEGMENT_CHARS:
+            place = where[i] if where is not None else f"segment {i + 1}"
+            raise QualcodeError(
+                f"{what}: {place} is {len(str(text)):,} characters; qualcode codes "
+                f"segments up to {MAX_SEGMENT_CHARS:,}: split it (e.g. qualcode segment "
+                "--unit sentence)"
+            )
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file (after links, and case on case-insensitive file
+    systems)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+LABELLER_COLUMNS = ("coder", "labelled_at")
+
+
+def holds_labels(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a table an analyst coded: the labeller's columns, or ``theme``
+    answers in a file that is not model output (no ``confidence``)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in TABLE_SUFFIXES:
+        return False
+    try:
+        table = read_table(path)
+    except QualcodeError:
+        return False
+    columns = set(map(str, table.columns))
+    if columns & {"confidence", "model_confidence"}:
+        return False
+    if columns & set(LABELLER_COLUMNS):
+        return True
+    return "theme" in columns and bool(table["theme"].astype(str).str.strip().ne("").any())
+
+
+def guard_output(
+    output: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    force: bool = False,
+    updates_labels: bool = False,
+) -> Path | None:
+    """Refuse to write ``output`` over one of the command's ``inputs``, or over a file that
+    holds an analyst's labels unless ``force`` (then back it up first and return the backup).
+    A command whose job is to update a labels file (``updates_labels``) keeps its own backups."""
+    output = Path(output)
+    for source in inputs:
+        if Path(source).exists() and same_file(output, source):
+            raise QualcodeError(
+                f"-o {str(output)!r} is also an input of this command: qualcode never writes "
+                "over its own input. Choose another output file; nothing was written."
+            )
+    if not updates_labels and holds_labels(output):
+        if not force:
+            raise QualcodeError(
+                f"-o {str(output)!r} holds coded labels ('theme' answers or the labeller's "
+                "columns): qualcode will not write over them. Choose another output file, or "
+                "add --force to replace it after a timestamped backup; nothing was written."
+            )
+        return backup_file(output)
+    return None
 
 
 def backup_file(path: str | os.PathLike[str]) -> Path:
@@ -597,7 +780,7 @@ def append_row_durably(
             first = next(csv.reader(io.StringIO(head.decode("utf-8-sig", errors="replace"))), [])
         except csv.Error:
             first = []
-        if [_clean_header(_strip_apostrophe(c)) for c in first] != columns:
+        if [_clean_header(unneutralise(c)) for c in first] != columns:
             raise QualcodeError(
                 f"{path.name!r} has columns {_names(first)} but {_names(columns)} were "
                 "expected; move the old file aside or choose another output file."

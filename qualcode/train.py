@@ -52,7 +52,11 @@ from qualcode.encoders import (
     verify_manifest,
     write_manifest,
 )
-from qualcode.errors import QualcodeError
+from qualcode.encoders import (
+    MANIFEST as MANIFEST_NAME,
+)
+from qualcode.errors import QualcodeError, crash_point
+from qualcode.tables import check_text_lengths
 
 MODEL_FORMAT = 2
 LABEL_COLUMNS = ["text", "theme"]
@@ -112,6 +116,7 @@ def prepare_labels(table: pd.DataFrame, codebook: Codebook, source: str = "label
     table = table[table["text"].astype(str).str.strip() != ""]
     if table.empty:
         raise QualcodeError(f"{source}: no labelled rows (every 'theme' cell is empty)")
+    check_text_lengths(table["text"], source)
     codebook.check_themes(
         [t for cell in table["theme"] for t in str(cell).split(";") if t.strip()],
         what=source,
@@ -174,27 +179,30 @@ class ThemeModel:
         return self.classifier.predict_proba(texts)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the model directory atomically (a complete new directory replaces the old)."""
+        """Write the model directory atomically: a complete new directory replaces the old one
+        under a lock, so the path always holds a loadable model (see :func:`_swap_in`)."""
+        from filelock import FileLock
+
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        try:
-            self._write(staging)
-            write_manifest(staging, kind="qualcode-model", format=MODEL_FORMAT)
-            if directory.exists():
-                if not (directory / "model.json").exists() and any(directory.iterdir()):
-                    raise QualcodeError(
-                        f"{directory} exists and is not a qualcode model: choose another -o"
-                    )
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                staging.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                staging.rename(directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if directory.exists() and not directory.is_dir():
+            raise QualcodeError(f"-o {str(directory)!r} is a file: a model needs its own folder")
+        with FileLock(str(directory.with_name(f".{directory.name}.lock"))):
+            recover_model_dir(directory)
+            foreign = _foreign_files(directory)
+            if foreign:
+                raise QualcodeError(
+                    f"{directory} holds files qualcode did not write ({', '.join(foreign[:3])}"
+                    f"{' …' if len(foreign) > 3 else ''}): move them or choose another -o; "
+                    "nothing was written"
+                )
+            staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+            try:
+                self._write(staging)
+                write_manifest(staging, kind="qualcode-model", format=MODEL_FORMAT)
+                _swap_in(staging, directory)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def _write(self, out: Path) -> None:
@@ -247,6 +255,50 @@ class ThemeModel:
             json.dumps(self.card, indent=2, ensure_ascii=False, default=_json_default),
             encoding="utf-8",
         )
+
+
+def _foreign_files(directory: Path) -> list[str]:
+    """Files in an existing model directory that its manifest does not list (an analyst's note):
+    a retrain must not delete them. A folder that is not a model counts as all foreign."""
+    if not directory.is_dir():
+        return []
+    try:
+        listed = set(json.loads((directory / MANIFEST_NAME).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    return sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and p.name != MANIFEST_NAME
+        and str(p.relative_to(directory)) not in listed
+    )
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace ``directory`` by ``staging``: the old model is renamed aside first, so a kill
+    between the two renames leaves it in ``.<name>.old``, where :func:`recover_model_dir` finds
+    it again."""
+    old = directory.with_name(f".{directory.name}.old")
+    crash_point("model-staged")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    crash_point("model-swap")
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_model_dir(directory: Path) -> None:
+    """After an interrupted save: put the previous model back if the new one never arrived,
+    and remove leftovers (the aside copy, staging folders). Call with the directory's lock."""
+    old = directory.with_name(f".{directory.name}.old")
+    if old.is_dir() and not directory.exists():
+        old.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in directory.parent.glob(f".{directory.name}-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -505,7 +557,21 @@ def train(
 
 def load_model(directory: str | Path, codebook: Codebook | None = None) -> ThemeModel:
     """Load a saved model directory, checking its integrity, format, codebook and encoder."""
-    directory = Path(directory)
+    try:
+        return _load_model(Path(directory), codebook)
+    except (KeyError, TypeError, IndexError) as err:
+        raise QualcodeError(
+            f"{directory} has an incomplete or altered model card or weights ({type(err).__name__}:"
+            f" {err}): retrain the model with `qualcode train`"
+        ) from None
+
+
+def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
+    if not directory.exists() and directory.with_name(f".{directory.name}.old").is_dir():
+        from filelock import FileLock
+
+        with FileLock(str(directory.with_name(f".{directory.name}.lock"))):
+            recover_model_dir(directory)  # a retrain was killed mid-swap: the old model is back
     if not directory.is_dir():
         raise QualcodeError(f"model directory {directory} does not exist")
     if not (directory / "model.json").exists():
