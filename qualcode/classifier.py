@@ -449,6 +449,9 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, features: Features) -> np.ndarray:
         n_classes = len(self.classes_)
+        if self.multi_label:  # one-vs-rest: the log-odds of each theme
+            p = np.clip(self._ovr_proba(self.heads_, features.dense), 1e-9, 1 - 1e-9)
+            return np.log(p / (1 - p))
         head = self._full_logits(self.head_, features.dense, n_classes)
         mixed = self._mix(head, self._prior(features.dense), self.prior_weight_)
         if getattr(self, "lexical_head_", None) is None:

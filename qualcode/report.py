@@ -33,6 +33,8 @@ import io
 import math
 import os
 import re
+import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -843,42 +845,38 @@ def report(
         charts["groups"] = _groups_chart(counts, coded, groups, names, by, source_name)
     messages: list[str] = [summary] if summary else []
     contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
-    if single:
-        paths: dict[str, Path] = {}
+    paths: dict[str, Path] = {}
+    if not single:
+        # All or nothing: every file is staged first and moved into the folder at the end.
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
+        try:
+            _write_folder(
+                staging,
+                paths,
+                coded,
+                counts,
+                charts,
+                contents,
+                codebook,
+                messages,
+                by=by,
+                sources=sources,
+                near=near,
+                pseudonymiser=pseudonymiser,
+                source_name=source_name,
+                exemplars=exemplars,
+                summary=summary,
+            )
+            output.mkdir(exist_ok=True)
+            for key, staged in paths.items():
+                os.replace(staged, output / staged.name)
+                paths[key] = output / staged.name
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     else:
-        out = output
-        paths = {"counts": out / "theme_counts.csv", "themes_chart": out / "themes.png"}
-        write_table(counts, paths["counts"])
-        atomic_write_bytes(paths["themes_chart"], charts["themes"])
-        if "groups" in charts:
-            paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
-            atomic_write_bytes(paths["groups_chart"], charts["groups"])
-        # The exports take the table read (and pseudonymised) above; the .qdpx shares the
-        # pseudonymiser for its source documents, so a value has one placeholder everywhere.
-        paths["matrix"] = write_workbook(coded, codebook, out / "coded_segments.xlsx").path
-        qdpx = write_qdpx(
-            coded,
-            codebook,
-            out / "codes.qdpx",
-            sources=sources,
-            near=near,
-            pseudonymiser=pseudonymiser,
-            description=f"Exported by qualcode from {source_name}." if source_name else "",
-        )
-        paths["qdpx"] = qdpx.path
-        messages += qdpx.messages
-        if qdpx.pseudonymised:
-            messages.append(f"codes.qdpx, in its source documents: {qdpx.pseudonymised}")
-        chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
-        images = {"themes": chart_files["themes_chart"]}
-        if "groups_chart" in chart_files:
-            images["groups"] = chart_files["groups_chart"]
-        text = _markdown(contents, images, exemplars)
-        paths["markdown"] = out / "report.md"
-        atomic_write_text(paths["markdown"], text)
-    page = _html(contents, charts, summary)
-    paths["report"] = output if single else output / "report.html"
-    atomic_write_text(paths["report"], page)
+        paths["report"] = output
+        atomic_write_text(output, _html(contents, charts, summary))
     _, total = split_total(counts)
     return ReportResult(
         output=output,
@@ -889,3 +887,56 @@ def report(
         flagged=int(total["flagged"]) if coded.predictions else None,
         messages=messages,
     )
+
+
+def _write_folder(
+    out: Path,
+    paths: dict[str, Path],
+    coded: CodedTable,
+    counts: pd.DataFrame,
+    charts: dict[str, bytes],
+    contents: _Contents,
+    codebook: Codebook,
+    messages: list[str],
+    *,
+    by: str | None,
+    sources: Any,
+    near: Any,
+    pseudonymiser: Any,
+    source_name: str,
+    exemplars: int,
+    summary: str,
+) -> None:
+    """Write the report folder's files into ``out`` (a staging folder), recording them in
+    ``paths``."""
+    paths.update({"counts": out / "theme_counts.csv", "themes_chart": out / "themes.png"})
+    write_table(counts, paths["counts"])
+    atomic_write_bytes(paths["themes_chart"], charts["themes"])
+    if "groups" in charts:
+        paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
+        atomic_write_bytes(paths["groups_chart"], charts["groups"])
+    # The exports take the table read (and pseudonymised) above; the .qdpx shares the
+    # pseudonymiser for its source documents, so a value has one placeholder everywhere.
+    paths["matrix"] = write_workbook(coded, codebook, out / "coded_segments.xlsx").path
+    qdpx = write_qdpx(
+        coded,
+        codebook,
+        out / "codes.qdpx",
+        sources=sources,
+        near=near,
+        pseudonymiser=pseudonymiser,
+        description=f"Exported by qualcode from {source_name}." if source_name else "",
+    )
+    paths["qdpx"] = qdpx.path
+    messages += qdpx.messages
+    if qdpx.pseudonymised:
+        messages.append(f"codes.qdpx, in its source documents: {qdpx.pseudonymised}")
+    chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
+    images = {"themes": chart_files["themes_chart"]}
+    if "groups_chart" in chart_files:
+        images["groups"] = chart_files["groups_chart"]
+    text = _markdown(contents, images, exemplars)
+    paths["markdown"] = out / "report.md"
+    atomic_write_text(paths["markdown"], text)
+    paths["report"] = out / "report.html"
+    atomic_write_text(paths["report"], _html(contents, charts, summary))

@@ -438,6 +438,11 @@ def fit_classifier(
     progress: bool = True,
 ) -> tuple[ThemeClassifier, ReviewRule]:
     """Fit a :class:`ThemeClassifier` and choose its review rule from cross-validation."""
+    if finetune and multi_label:
+        raise QualcodeError(
+            "--finetune cannot be combined with --multi-label yet: the review flags would come "
+            "from an encoder that has seen every label. Train with one of the two."
+        )
     first = [t.split(";")[0] for t in themes]  # the dominant theme of each segment
     y: list[Any] = [t.split(";") for t in themes] if multi_label else first
     encoder_name = encoder

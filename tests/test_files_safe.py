@@ -490,3 +490,34 @@ def test_a_review_saved_without_swedish_letters_is_refused(tmp_path, small_label
     )
     assert_one_line_error(code, err, "lost characters")
     assert file_sha256(labels) == before
+
+
+def test_a_report_folder_is_all_or_nothing(tmp_path):
+    from qualcode.codebook import load_codebook
+    from qualcode.errors import QualcodeError
+    from qualcode.report import report
+
+    table = read_table(SEED_SET)
+    out = tmp_path / "rapport"
+    with pytest.raises(QualcodeError):
+        report(table, load_codebook(CODEBOOK), out, sources=[tmp_path / "missing.txt"])
+    assert not out.exists() or not any(out.iterdir())
+    assert hidden(tmp_path) == []
+    report(table, load_codebook(CODEBOOK), out)
+    assert {"report.html", "theme_counts.csv", "codes.qdpx"} <= {p.name for p in out.iterdir()}
+
+
+def test_unfitted_or_multi_label_estimators_keep_the_sklearn_contract(small_labels, encoder):
+    from sklearn.exceptions import NotFittedError
+
+    from qualcode.classifier import ThemeClassifier
+    from qualcode.codebook import load_codebook
+
+    with pytest.raises(NotFittedError):
+        ThemeClassifier().predict(["Gemensamma utbildningar"])
+    table = read_table(small_labels)
+    clf = ThemeClassifier(codebook=load_codebook(CODEBOOK), multi_label=True)
+    clf.fit(table["text"].tolist(), table["theme"].tolist())
+    scores = clf.decision_function(["Gemensamma utbildningar"])
+    proba = clf.predict_proba(["Gemensamma utbildningar"])
+    np.testing.assert_allclose(1 / (1 + np.exp(-scores)), proba, atol=1e-6)
