@@ -471,7 +471,8 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         return softmax(self._logits(features) / self.temperature_)
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     def predict_themes(self, X: Sequence[str], threshold: float = 0.5) -> list[list[str]]:
         """Every theme at or above ``threshold`` (at least the most probable one)."""

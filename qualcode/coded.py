@@ -25,6 +25,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "is_predictions",
     "model_column",
+    "parse_confidence",
     "PROVENANCE",
     "TOTAL",
     "CodedTable",
@@ -104,7 +105,7 @@ def parse_number(value: object) -> float:
     return float(text)
 
 
-def _parse_confidence(values: pd.Series, rows: list[int]) -> list[float]:
+def parse_confidence(values: pd.Series, rows: list[int]) -> list[float]:
     out = []
     for value, row in zip(values, rows):
         try:
@@ -182,7 +183,7 @@ def read_coded(
     frame["_index"] = range(len(frame))
     if kind == "predictions":
         confidence = column_text(table, model_column(table, "confidence"))
-        frame["_confidence"] = _parse_confidence(confidence, rows)
+        frame["_confidence"] = parse_confidence(confidence, rows)
         frame["_flagged"] = _parse_flags(
             column_text(table, model_column(table, "needs_review")), rows
         )

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from qualcode.agreement import agreement_table
-from qualcode.coded import model_column
+from qualcode.coded import column_text, model_column, parse_confidence
 from qualcode.errors import QualcodeError, crash_point
 from qualcode.tables import (
     append_row_durably,
@@ -107,13 +107,6 @@ def audit_path(labels: str | Path) -> Path:
     return labels.with_name(f"{labels.stem}.audit.csv")
 
 
-def _float(value: object) -> float:
-    try:
-        return float(str(value).strip().replace(",", "."))
-    except ValueError:
-        return float("nan")
-
-
 # --------------------------------------------------------------------------- reading labels
 
 
@@ -175,10 +168,9 @@ def _read_predictions(path: str | Path, codebook: Codebook) -> pd.DataFrame:
         {
             "key": segment_keys(table),
             "theme": [ids[0] if ids else "" for ids in parsed],
-            "confidence": [
-                _float(v)
-                for v in table.get(model_column(table, "confidence"), pd.Series([""] * len(table)))
-            ],
+            "confidence": parse_confidence(
+                column_text(table, model_column(table, "confidence")), spreadsheet_rows(table)
+            ),
             "flagged": [
                 str(v).strip().lower() in _TRUE
                 for v in table.get(

@@ -220,35 +220,14 @@ def _audit_lines(labels: Path) -> int:
 def test_review_apply_is_a_transaction_whatever_the_kill(tmp_path, small_labels, capsys):
     labels, review = _review_fixture(tmp_path, small_labels, capsys)
     before = file_sha256(labels)
+    apply = ("review", "apply", review, "--labels", labels, "--codebook", CODEBOOK)
     # Killed after the audit lines are written ahead, before the labels change: nothing happened.
-    assert killed(
-        qualcode(
-            "review",
-            "apply",
-            review,
-            "--labels",
-            labels,
-            "--codebook",
-            CODEBOOK,
-            crash_at="apply-pending",
-        )
-    )
+    assert killed(qualcode(*apply, crash_at="apply-pending"))
     assert file_sha256(labels) == before
     # Killed after the labels changed, before the audit log: the next run completes the log.
-    assert killed(
-        qualcode(
-            "review",
-            "apply",
-            review,
-            "--labels",
-            labels,
-            "--codebook",
-            CODEBOOK,
-            crash_at="apply-replaced",
-        )
-    )
+    assert killed(qualcode(*apply, crash_at="apply-replaced"))
     assert file_sha256(labels) != before
-    again = qualcode("review", "apply", review, "--labels", labels, "--codebook", CODEBOOK)
+    again = qualcode(*apply)
     assert again.returncode == 2 and "has changed" in again.stderr  # applied once, not twice
     assert (read_table(labels)["theme"] == "other").sum() == 3
     assert _audit_lines(labels) == 3
