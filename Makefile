@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint env clean
+.PHONY: run test test-fast lint env clean
 
 env: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ test: env
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5), treated as success"; rc=0; fi; \
 	exit $$rc
+
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: env
 	$(BIN)/ruff check qualcode tests scripts

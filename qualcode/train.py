@@ -77,11 +77,9 @@ CROSSFIT_FOLDS = 2
 
 
 def read_labels(path: str | Path, codebook: Codebook) -> pd.DataFrame:
-    """Read a labels CSV/XLSX, resolve themes against the codebook, drop unlabelled rows."""
-    from qualcode.tables import read_table
-
-    table = read_table(path, required=LABEL_COLUMNS, what="labels file")
-    return prepare_labels(table, codebook, source=str(path))
+    """Read a labels CSV/XLSX, resolve themes against the codebook, drop unlabelled rows; a
+    segment answered twice counts with its last answer (see :func:`read_label_files`)."""
+    return read_label_files([path], codebook)
 
 
 def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFrame:

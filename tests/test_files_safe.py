@@ -500,3 +500,96 @@ def test_unfitted_or_multi_label_estimators_keep_the_sklearn_contract(small_labe
     scores = clf.decision_function(["Gemensamma utbildningar"])
     proba = clf.predict_proba(["Gemensamma utbildningar"])
     np.testing.assert_allclose(1 / (1 + np.exp(-scores)), proba, atol=1e-6)
+
+
+def test_a_re_answered_segment_trains_on_its_last_answer(tmp_path):
+    from qualcode.codebook import load_codebook
+    from qualcode.train import read_labels
+
+    path = tmp_path / "labels.csv"
+    write_table(
+        pd.DataFrame(
+            {
+                "segment_id": ["a", "b", "a"],
+                "text": ["Gemensamma utbildningar", "Mobila team", "Gemensamma utbildningar"],
+                "theme": ["steering", "teams_care_models", "shared_training"],
+                "coder": ["anna", "anna", "anna"],
+            }
+        ),
+        path,
+    )
+    table = read_labels(path, load_codebook(CODEBOOK))
+    assert dict(zip(table["segment_id"], table["theme"])) == {
+        "b": "teams_care_models",
+        "a": "shared_training",
+    }
+
+
+@pytest.mark.slow
+def test_two_retrains_of_one_model_folder_leave_one_loadable_model(tmp_path, small_labels):
+    out = tmp_path / "model"
+    command = [
+        sys.executable,
+        "-m",
+        "qualcode",
+        "train",
+        str(small_labels),
+        "--codebook",
+        CODEBOOK,
+        "-o",
+        str(out),
+        "-q",
+    ]
+    procs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    from qualcode.train import load_model
+
+    assert load_model(out).card["training_data"]["segments"] == len(read_table(small_labels))
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_killed_import_leaves_the_labels_as_they_were(tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    write_table(
+        pd.DataFrame(
+            {
+                "segment_id": ["s-1"],
+                "text": ["Gemensamma utbildningar"],
+                "theme": ["shared_training"],
+                "coder": ["anna"],
+                "labelled_at": ["2026-01-01"],
+            }
+        ),
+        labels,
+    )
+    before = file_sha256(labels)
+    segments = tmp_path / "segments.csv"
+    write_table(
+        pd.DataFrame(
+            {"segment_id": ["s-2"], "document": ["d"], "section": [""], "text": ["Mobila team"]}
+        ),
+        segments,
+    )
+    template = tmp_path / "to_label.xlsx"
+    code, _, err = run(
+        capsys, "label", "--template", segments, "--codebook", CODEBOOK, "-o", template
+    )
+    assert code == 0, err
+    import openpyxl
+
+    book = openpyxl.load_workbook(template)
+    book["segments"].cell(row=2, column=5).value = "teams_care_models"
+    book.save(template)
+    result = qualcode(
+        "label",
+        "--import",
+        template,
+        "--codebook",
+        CODEBOOK,
+        "-o",
+        labels,
+        crash_at="before-rename",
+    )
+    assert killed(result), result.stderr
+    assert file_sha256(labels) == before
