@@ -11,15 +11,18 @@ TORCH_SPEC ?= torch==2.13.0
 
 env: $(VENV)/.installed
 
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $@
+	@echo "qualcode: installing into $(VENV)/ (first run only; a few minutes)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip
+	@$(PIP) "$(TORCH_SPEC)"
+	@$(PIP) -e ".[dev]"
+	@touch $@
 
 run: env
-	$(BIN)/qualcode demo
+	@$(BIN)/qualcode demo
 
 test: env
 	@$(BIN)/python -m pytest -q; rc=$$?; \
