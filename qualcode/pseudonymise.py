@@ -4,9 +4,11 @@ the analyst's machine.
 Found and replaced, in this order (an earlier kind wins where matches overlap):
 
 ``PERSONNUMMER``
-    Swedish personal identity and co-ordination numbers (``YYMMDD-NNNN``, ``YYMMDD+NNNN``,
-    ``YYYYMMDDNNNN`` …): the date part must be a possible date (co-ordination numbers add 60
-    to the day) and the last digit must pass the Luhn check, so other 10-digit numbers stay.
+    Swedish personal identity and co-ordination numbers, and every number shaped like one,
+    whether or not its check digit is right (a mistyped personnummer is still one):
+    ``YYMMDD-NNNN``, ``YYMMDD+NNNN``, ``YYYYMMDD-NNNN``, ``YYYYMMDDNNNN``. Only a bare
+    ten-digit number (``YYMMDDNNNN``, shaped like a phone number too) must also be a possible
+    date (co-ordination numbers add 60 to the day) and pass the Luhn check.
 ``E-POST``
     e-mail addresses.
 ``TELEFON``
@@ -43,6 +45,12 @@ PLACEHOLDERS = {
     "phone": "TELEFON",
     "name": "NAMN",
 }
+_NOUNS_SV = {
+    "personnummer": ("personnummer", "personnummer"),
+    "email": ("e-postadress", "e-postadresser"),
+    "phone": ("telefonnummer", "telefonnummer"),
+    "name": ("namn", "namn"),
+}
 _NOUNS = {
     "personnummer": ("personal identity number", "personal identity numbers"),
     "email": ("e-mail address", "e-mail addresses"),
@@ -72,16 +80,16 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _personnummer(match: re.Match[str]) -> str | None:
-    """The 10-digit key of a valid personnummer/samordningsnummer match, else None."""
+    """The 10-digit key of a number shaped like a personnummer/samordningsnummer, else None."""
     century, date, tail = match.group("century"), match.group("date"), match.group("tail")
-    if century is not None and century not in ("18", "19", "20"):
-        return None
-    if century is None and not match.group("sep") and len(match.group(0)) != 10:
+    digits = date + tail
+    if century is not None or match.group("sep"):
+        return digits  # the shape is enough: a wrong check digit is a typo, not a licence
+    if len(match.group(0)) != 10:
         return None
     month, day = int(date[2:4]), int(date[4:6])
     if not 1 <= month <= 12 or not (1 <= day <= 31 or 61 <= day <= 91):
         return None
-    digits = date + tail
     return digits if luhn_valid(digits) else None
 
 
@@ -207,6 +215,16 @@ class Pseudonymiser:
             singular, plural = _NOUNS[kind]
             parts.append(f"{n} {singular if n == 1 else plural}")
         return "pseudonymised: " + ", ".join(parts) + " replaced"
+
+    def summary_sv(self) -> str:
+        """The same in Swedish, for the report page: ``Ersatt med platshållare: 1 personnummer,
+        0 e-postadresser, …``."""
+        parts = []
+        for kind in KINDS:
+            n = self.counts[kind]
+            singular, plural = _NOUNS_SV[kind]
+            parts.append(f"{n} {singular if n == 1 else plural}")
+        return "Ersatt med platshållare: " + ", ".join(parts)
 
 
 class OffsetMap:

@@ -826,6 +826,7 @@ def report(
     what = repr(source_name) if source_name else "input"
     coded = read_coded(table, codebook, what=what, pseudonymiser=pseudonymiser)
     summary = pseudonymiser.summary() if pseudonymiser is not None else ""
+    summary_sv = pseudonymiser.summary_sv() if pseudonymiser is not None else ""
     by = resolve_by(coded, by)
     counts = count_themes(coded, codebook, by)
     quotes = _exemplars(coded, codebook, exemplars, include_flagged)
@@ -866,7 +867,7 @@ def report(
                 pseudonymiser=pseudonymiser,
                 source_name=source_name,
                 exemplars=exemplars,
-                summary=summary,
+                summary=summary_sv,
             )
             output.mkdir(exist_ok=True)
             for key, staged in paths.items():
@@ -876,7 +877,7 @@ def report(
             shutil.rmtree(staging, ignore_errors=True)
     else:
         paths["report"] = output
-        atomic_write_text(output, _html(contents, charts, summary))
+        atomic_write_text(output, _html(contents, charts, summary_sv))
     _, total = split_total(counts)
     return ReportResult(
         output=output,

@@ -432,13 +432,20 @@ def test_personnummer_luhn_and_formats():
     p = Pseudonymiser()
     text = (
         "A 811218-9876, B 19811218-9876, C 8112189876, D 811278-9874 (samordning? no), "
-        "E 811218-9875, F 20201301-1234, G 701063-2391, H 2019-10-21, I 123456"
+        "E 811218-9875, F 20201301-1234, G 701063-2391, H 2019-10-21, I 123456, "
+        "J Personnummer 19450312-1234, K 450312+1234, L 8112189875, M 0701234567"
     )
     out = p.replace(text)
     assert out.count("[PERSONNUMMER 1]") == 3  # one person in three formats
-    assert "811218-9875" in out and "2019-10-21" in out and "123456" in out
-    assert "701063-2391" not in out  # a samordningsnummer (day 63) with a valid check digit
-    assert p.counts["personnummer"] == 4
+    # Shaped like a personnummer (century or - / +): replaced even with a wrong check digit.
+    for typo in ("811218-9875", "20201301-1234", "19450312-1234", "450312+1234"):
+        assert typo not in out
+    assert "701063-2391" not in out  # a samordningsnummer (day 63)
+    # A bare ten-digit number is also a phone number's shape: only a valid one is replaced.
+    assert "8112189875" in out and "M [TELEFON 1]" in out
+    assert "2019-10-21" in out and "123456" in out
+    assert p.counts["personnummer"] == 9
+    assert p.summary_sv().startswith("Ersatt med platshållare: 9 personnummer")
 
 
 def test_email_phone_and_names():
