@@ -60,7 +60,12 @@ from qualcode.coded import (
 from qualcode.errors import QualcodeError
 from qualcode.export import PALETTE, theme_color, write_qdpx, write_workbook
 from qualcode.pseudonymise import Pseudonymiser
-from qualcode.tables import atomic_write_bytes, atomic_write_text, write_table
+from qualcode.tables import (
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_leftovers,
+    write_table,
+)
 
 __all__ = ["ReportResult", "exemplar_quotes", "report", "theme_counts"]
 
@@ -850,6 +855,7 @@ def report(
     if not single:
         # All or nothing: every file is staged first and moved into the folder at the end.
         output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_leftovers(output, ".{name}-*")  # staging folders of killed runs
         staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
         try:
             _write_folder(

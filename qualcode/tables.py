@@ -38,6 +38,7 @@ __all__ = [
     "holds_labels",
     "read_table",
     "read_text",
+    "remove_stale_leftovers",
     "same_file",
     "sheet_name",
     "table_bytes",
@@ -473,20 +474,23 @@ def _write_error(path: Path, exc: OSError) -> QualcodeError:
 STALE_SECONDS = 600  # a temporary file this old was left by a killed run
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.*.tmp`` files a killed run left beside ``path`` (old enough that no
-    live writer can own them)."""
+def remove_stale_leftovers(path: Path, pattern: str = ".{name}.*.tmp") -> None:
+    """Remove what a killed run left beside ``path`` (``pattern`` with ``{name}`` for its name:
+    temporary files, staging folders), once old enough that no live writer can own them."""
     cutoff = time.time() - STALE_SECONDS
     try:
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        for stale in path.parent.glob(pattern.format(name=glob.escape(path.name))):
             if stale.stat().st_mtime < cutoff:
-                stale.unlink(missing_ok=True)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
     except OSError:
         pass
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    _remove_stale_temporaries(path)
+    remove_stale_leftovers(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -482,8 +482,12 @@ def test_a_report_folder_is_all_or_nothing(tmp_path):
         report(table, load_codebook(CODEBOOK), out, sources=[tmp_path / "missing.txt"])
     assert not out.exists() or not any(out.iterdir())
     assert hidden(tmp_path) == []
+    left = tmp_path / ".rapport-killed"  # what a killed run would leave
+    left.mkdir()
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
     report(table, load_codebook(CODEBOOK), out)
     assert {"report.html", "theme_counts.csv", "codes.qdpx"} <= {p.name for p in out.iterdir()}
+    assert not left.exists()
 
 
 def test_unfitted_or_multi_label_estimators_keep_the_sklearn_contract(small_labels, encoder):
