@@ -148,7 +148,13 @@ class ThemeModel:
         cv = self.card.get("cv", {})
         n = self.card.get("training_data", {}).get("segments", "?")
         if cv.get("macro_f1") is None:
-            scores = "not cross-validated (a theme has fewer than 2 labels)"
+            per_theme = self.card.get("training_data", {}).get("per_theme", {})
+            short = [f"{t} ({n})" for t, n in per_theme.items() if n == 1]
+            scores = (
+                "not cross-validated: every theme in use needs at least 2 labels, and "
+                f"{', '.join(short) or 'some theme'} has 1; label 1 more segment for each "
+                f"(5 or more per theme make the review flags reliable)"
+            )
         else:
             scores = f"cross-validated macro-F1 {cv['macro_f1']:.2f}, accuracy {cv['accuracy']:.2f}"
         return f"trained on {n} labelled segments ({scores}); {self.review_rule.describe()}"
