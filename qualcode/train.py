@@ -84,9 +84,9 @@ def read_labels(path: str | Path, codebook: Codebook) -> pd.DataFrame:
 
 def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFrame:
     """Read several labels files (e.g. the seed set, then labels from a batch) into one table:
-    where a segment is labelled more than once, the last answer counts (files in the order
-    given, rows in file order). A segment is the same when its ``segment_id`` is, or, without
-    ids, its text."""
+    where a coder labelled a segment more than once, their last answer counts (files in the
+    order given, rows in file order); different coders' answers all count. A segment is the
+    same when its ``segment_id`` is, or, without ids, its text."""
     from qualcode.tables import read_table
 
     if not paths:
@@ -101,6 +101,8 @@ def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFram
     key = table["text"].astype(str).str.strip()
     if ids is not None:
         key = ids.where(ids.str.strip() != "", key)
+    if "coder" in table.columns:
+        key = key + "\x1f" + table["coder"].astype(str).str.strip()
     table = table[~key.duplicated(keep="last")]
     return prepare_labels(table, codebook, source=", ".join(str(p) for p in paths))
 
