@@ -496,10 +496,12 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
             or getattr(self, "proto_features_", None) is None
         ):
             return self
+        dense = np.asarray(self._dense(batch.dense), dtype=np.float32)
+        if not np.allclose(np.linalg.norm(dense, axis=1), 1, atol=1e-3):
+            return self  # the stored training features are unit-length; these are not
         proba = self.proba_from_features(batch)
         confidence = proba.max(axis=1)
         keep = confidence >= np.quantile(confidence, 1 - share)
-        dense = np.asarray(self._dense(batch.dense), dtype=np.float32)
         X = np.vstack([self.train_features_, dense[keep], self.proto_features_])
         y = np.concatenate([self.oof_target_, proba.argmax(axis=1)[keep], self.proto_target_])
         weights = np.concatenate(

@@ -196,7 +196,9 @@ def calibrated_threshold(confidence: np.ndarray, target: float) -> float:
     calibrated on this material. Above 1 (flag everything) when no threshold does."""
     order = np.sort(confidence)[::-1]
     mean_kept = np.cumsum(order) / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero(mean_kept >= target)
+    # A cut is only possible where the next value is lower: ties are kept or flagged together.
+    cut = np.append(order[1:] < order[:-1], True)
+    ok = np.flatnonzero((mean_kept >= target) & cut)
     return float(order[ok[-1]]) if len(ok) else 1.01
 
 

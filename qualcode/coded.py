@@ -254,7 +254,9 @@ def theme_scores(coded: CodedTable, theme_id: str) -> pd.Series:
     frame = coded.frame
     scores = []
     for value, ids, confidence in zip(
-        column_text(frame, f"p_{theme_id}"), frame["_themes"], frame["_confidence"]
+        column_text(frame, model_column(frame, f"p_{theme_id}")),
+        frame["_themes"],
+        frame["_confidence"],
     ):
         try:
             score = parse_number(value)

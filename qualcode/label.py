@@ -41,6 +41,7 @@ from qualcode.tables import (
     atomic_write_bytes,
     atomic_write_text,
     backup_file,
+    labels_lock,
     read_table,
     spreadsheet_rows,
     unneutralise,
@@ -187,6 +188,9 @@ class LabelStore:
             ) from None
         self._lock = lock
         try:
+            from qualcode.review import finish_pending_apply
+
+            finish_pending_apply(self.path)  # a `review apply` killed mid-way is completed first
             self._check_header()
             self.repaired = self._repair_tail()
         except BaseException:
@@ -330,27 +334,35 @@ def most_helpful_first(
     clf = clf.adapted(features)
     proba = clf.proba_from_features(features)
     unsure = 1 - uncertainty(proba, multi_label=clf.multi_label)
-    x = _normalised(np.asarray(clf._dense(features.dense), dtype=np.float64))
-    sims = x @ x.T
-    np.fill_diagonal(sims, np.nan)
-    k = min(DENSITY_NEIGHBOURS, len(texts) - 1)
-    density = (
-        np.sort(np.nan_to_num(sims, nan=-1.0), axis=1)[:, -k:].mean(axis=1) if k else np.ones(1)
-    )
+    x = _normalised(np.asarray(clf._dense(features.dense), dtype=np.float32))
+    n = len(texts)
+    k = min(DENSITY_NEIGHBOURS, n - 1)
+    density = np.ones(n, dtype=np.float32)
+    low, high = 1.0, -1.0
+    for start in range(0, n, 1024):  # n × n similarities in blocks: memory stays bounded
+        block = x[start : start + 1024] @ x.T
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = np.nan
+        low, high = (
+            min(low, float(np.nanmin(block, initial=1.0))),
+            max(high, float(np.nanmax(block, initial=-1.0))),
+        )
+        if k:
+            density[start : start + 1024] = np.sort(np.nan_to_num(block, nan=-1.0), axis=1)[
+                :, -k:
+            ].mean(axis=1)
     score = unsure * np.clip(density, 0, None)
     score = score / score.max() if score.max() > 0 else score
-    np.fill_diagonal(sims, 1.0)
-    low, high = float(np.nanmin(sims)), float(np.nanmax(sims))
-    spread = (sims - low) / (high - low) if high > low else np.zeros_like(sims)
+    scale = high - low if high > low else 1.0
     chosen: list[int] = []
-    closest = np.zeros(len(texts))
-    left = np.ones(len(texts), dtype=bool)
-    for _ in range(len(texts) if count is None else min(count, len(texts))):
+    closest = np.zeros(n)
+    left = np.ones(n, dtype=bool)
+    for _ in range(n if count is None else min(count, n)):
         value = np.where(left, (1 - DIVERSITY) * score - DIVERSITY * closest, -np.inf)
         pick = int(np.argmax(value))
         chosen.append(pick)
         left[pick] = False
-        closest = np.maximum(closest, spread[pick])
+        closest = np.maximum(closest, (x @ x[pick] - low) / scale)
     return chosen, proba
 
 
@@ -987,6 +999,12 @@ def import_template(
             f"{path.name!r} has no labelled rows (every 'theme' cell is empty); "
             "fill in the theme column first."
         )
+    busy = f"{output.name!r} is in use (a labelling session or `review apply`); finish that first"
+    with labels_lock(output, timeout=10.0, busy=busy):
+        return _merge_import(output, new, len(sheet) - len(filled))
+
+
+def _merge_import(output: Path, new: pd.DataFrame, blank: int) -> ImportResult:
     backup = None
     replaced = 0
     if output.exists() and output.stat().st_size > 0:
@@ -1002,4 +1020,4 @@ def import_template(
     else:
         merged = new
     write_table(merged.fillna(""), output)
-    return ImportResult(len(new), replaced, len(sheet) - len(filled), backup)
+    return ImportResult(len(new), replaced, blank, backup)

@@ -44,6 +44,7 @@ from qualcode.tables import (
     atomic_write_text,
     backup_file,
     file_sha256,
+    labels_lock,
     read_table,
     spreadsheet_rows,
     table_bytes,
@@ -492,25 +493,16 @@ def apply_review(
     new row by ``coder``. Refuses with :class:`QualcodeError`, writing nothing, if a resolved
     theme is unknown or ``labels`` is not byte-identical to a file the review was made from.
     """
-    from filelock import FileLock, Timeout
-
     review, labels = Path(review), Path(labels)
     decisions, hashes = _resolved(review, codebook)
     if decisions.empty:
         return ApplyResult(0, 0, 0, None, None)
-    lock = FileLock(str(labels.with_name(f".{labels.name}.lock")))
-    try:
-        lock.acquire(timeout=LOCK_TIMEOUT)
-    except Timeout:
-        raise QualcodeError(
-            f"{labels.name!r} is in use (a labelling session or another `review apply`); "
-            "finish that first. Nothing was written."
-        ) from None
-    try:
-        finish_pending_apply(labels)
+    busy = (
+        f"{labels.name!r} is in use (a labelling session or another `review apply`); "
+        "finish that first. Nothing was written."
+    )
+    with labels_lock(labels, timeout=LOCK_TIMEOUT, busy=busy):
         return _apply(review, labels, codebook, decisions, hashes, coder)
-    finally:
-        lock.release()
 
 
 def _pending_path(labels: Path) -> Path:
@@ -653,7 +645,8 @@ def _apply(
     return ApplyResult(changed, len(new_rows), unchanged, backup, audit_path(labels))
 
 
-_LOSSY = re.compile(r"\ufffd|[^\W\d_]\?[^\W\d_]")
+# U+FFFD, or a question mark inside words more than once ("P? tr?ffarna"; one may be a URL).
+_LOSSY = re.compile(r"\ufffd|[^\W\d_]\?[^\W\d_].*[^\W\d_]\?[^\W\d_]")
 
 
 def _refuse_lossy_text(updated: pd.DataFrame, before: pd.DataFrame, review: Path) -> None:

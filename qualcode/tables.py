@@ -7,6 +7,7 @@ formula injection: text cells starting with ``= + - @`` get a leading apostrophe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import glob
@@ -17,7 +18,8 @@ import secrets
 import shutil
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,6 +38,7 @@ __all__ = [
     "file_sha256",
     "guard_output",
     "holds_labels",
+    "labels_lock",
     "read_table",
     "read_text",
     "remove_stale_leftovers",
@@ -296,8 +299,13 @@ def check_zip_container(path: Path, what: str) -> None:
                             "which Word and Excel never write; it is refused as unsafe. Save it "
                             "again from Word or Excel."
                         )
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return  # not a zip at all: the reader says so in its own words
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, zlib.error):
+        return  # not a (readable) zip: the reader says so in its own words
+    except NotImplementedError:
+        raise QualcodeError(
+            f"{what} {path.name!r} uses a zip compression Word and Excel do not write; save it "
+            "again from Word or Excel"
+        ) from None
 
 
 def _read_xlsx(path: Path, what: str) -> list[list[str]]:
@@ -307,7 +315,17 @@ def _read_xlsx(path: Path, what: str) -> list[list[str]]:
     check_zip_container(path, what)
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        InvalidFileException,
+        KeyError,
+        OSError,
+        ValueError,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
         raise QualcodeError(
             f"{what} {path.name!r} is not a valid Excel .xlsx workbook ({type(exc).__name__}); "
             "open it in Excel and save it again as .xlsx without a password, or export CSV."
@@ -661,6 +679,29 @@ def check_text_lengths(
             )
 
 
+@contextlib.contextmanager
+def labels_lock(path: str | os.PathLike[str], *, timeout: float, busy: str) -> Iterator[None]:
+    """Hold the lock that every writer of a labels file takes (the labeller, ``label --import``,
+    ``review apply``); a killed ``review apply`` is completed first. ``busy`` is the error when
+    another holds it for ``timeout`` seconds."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise QualcodeError(busy) from None
+    try:
+        from qualcode.review import finish_pending_apply
+
+        finish_pending_apply(path)
+        yield
+    finally:
+        lock.release()
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file (after links, and case on case-insensitive file
     systems)."""
@@ -685,8 +726,11 @@ def holds_labels(path: str | os.PathLike[str]) -> bool:
     try:
         table = read_table(path)
     except QualcodeError:
-        return False
+        return path.stat().st_size > 0  # unreadable here is no licence to overwrite it
     columns = set(map(str, table.columns))
+    for decided in ("resolved_theme", "note"):  # a review file being filled in
+        if decided in columns and table[decided].astype(str).str.strip().ne("").any():
+            return True
     if columns & {"confidence", "model_confidence"}:
         return False
     if columns & set(LABELLER_COLUMNS):

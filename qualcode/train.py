@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFram
         table = table[table["theme"].astype(str).str.strip() != ""]
         tables.append(table)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    table = table.fillna("")  # files with different columns leave gaps, not NaN keys
     ids = table["segment_id"].astype(str) if "segment_id" in table.columns else None
     key = table["text"].astype(str).str.strip()
     if ids is not None:
@@ -276,9 +278,12 @@ def _foreign_files(directory: Path) -> list[str]:
         str(p.relative_to(directory))
         for p in directory.rglob("*")
         if (p.is_file() or p.is_symlink())
-        and p.name != MANIFEST_NAME
+        and p.name not in (MANIFEST_NAME, *SYSTEM_FILES)
         and str(p.relative_to(directory)) not in listed
     )
+
+
+SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop in folders
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -302,8 +307,11 @@ def recover_model_dir(directory: Path) -> None:
     if old.is_dir() and not directory.exists():
         old.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.parent.glob(f".{directory.name}-*"):
-        if stale.is_dir():
+    # Exactly the staging folders of this model (mkdtemp adds 8 characters), not another
+    # model's whose name starts the same.
+    staging = re.compile(re.escape(f".{directory.name}-") + r"[a-z0-9_]{8}")
+    for stale in directory.parent.iterdir():
+        if staging.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -597,3 +597,57 @@ def test_a_killed_import_leaves_the_labels_as_they_were(tmp_path, capsys):
     )
     assert killed(result), result.stderr
     assert file_sha256(labels) == before
+
+
+def test_label_files_with_different_columns_keep_every_answer(tmp_path):
+    from qualcode.codebook import load_codebook
+    from qualcode.train import read_label_files
+
+    seed = tmp_path / "seed.csv"
+    write_table(
+        pd.DataFrame(
+            {"segment_id": ["s1"], "text": ["Styrning"], "theme": ["steering"], "coder": ["seed"]}
+        ),
+        seed,
+    )
+    batch = tmp_path / "batch.csv"  # no segment_id, no coder: keyed by text
+    write_table(
+        pd.DataFrame(
+            {
+                "text": ["Mobila team", "Erfarenhetsutbyte", "Uppföljning"],
+                "theme": ["teams_care_models", "shared_training", "follow_up"],
+            }
+        ),
+        batch,
+    )
+    table = read_label_files([seed, batch], load_codebook(CODEBOOK))
+    assert len(table) == 4
+
+
+def test_a_review_being_filled_in_is_not_an_output(capsys, tmp_path, small_labels):
+    review = tmp_path / "review.csv"
+    write_table(
+        pd.DataFrame(
+            {
+                "segment_id": ["a"],
+                "text": ["x"],
+                "model_theme": ["steering"],
+                "model_confidence": ["0.4"],
+                "resolved_theme": ["other"],
+            }
+        ),
+        review,
+    )
+    code, _, err = run(
+        capsys,
+        "review",
+        "--labels",
+        small_labels,
+        "--codebook",
+        CODEBOOK,
+        "-o",
+        review,
+        "--no-label-errors",
+    )
+    assert_one_line_error(code, err, "--force")
+    assert read_table(review)["resolved_theme"].tolist() == ["other"]

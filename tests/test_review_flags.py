@@ -152,6 +152,8 @@ def test_calibrated_threshold_keeps_the_target_on_its_confidences():
     assert t == 0.85 and confidence[kept].mean() >= 0.9
     assert confidence[confidence >= 0.6].mean() < 0.9  # one lower would miss it
     assert calibrated_threshold(confidence * 0.5, 0.9) > 1
+    # Ties are kept or flagged together: 0.97 alone averages ≥ 0.9, both 0.85s would not.
+    assert calibrated_threshold(np.array([0.97, 0.85, 0.85]), 0.9) == 0.97
     # Without out-of-fold evidence the rule is not calibrated and keeps its own threshold.
     rule = fit_to_batch(ReviewRule(0.9, target_accuracy=0.9), confidence)
     assert rule.min_confidence == 0.9 and not rule.calibrated
