@@ -645,8 +645,9 @@ def _apply(
     return ApplyResult(changed, len(new_rows), unchanged, backup, audit_path(labels))
 
 
-# U+FFFD, or a question mark inside words more than once ("P? tr?ffarna"; one may be a URL).
-_LOSSY = re.compile(r"\ufffd|[^\W\d_]\?[^\W\d_].*[^\W\d_]\?[^\W\d_]")
+# A letter, "?" and a letter, or a space and a small letter: where å/ä/ö stood ("P? tr?ffarna").
+# Twice in a text, or U+FFFD once, is an encoding loss; once may be a URL or a typo.
+_LOSSY_MARK = re.compile(r"[^\W\d_]\?(?=[^\W\d_]|\s+[a-zåäö])")
 
 
 def _refuse_lossy_text(updated: pd.DataFrame, before: pd.DataFrame, review: Path) -> None:
@@ -654,7 +655,7 @@ def _refuse_lossy_text(updated: pd.DataFrame, before: pd.DataFrame, review: Path
     refuse to write such text into the labels."""
     old = set(before["text"].astype(str))
     for text in updated["text"].astype(str):
-        if text not in old and _LOSSY.search(text):
+        if text not in old and ("\ufffd" in text or len(_LOSSY_MARK.findall(text)) >= 2):
             raise QualcodeError(
                 f"review file {review.name!r} has text with lost characters ({text[:40]!r}): it "
                 "was saved in an encoding without å/ä/ö. Save it as UTF-8 (CSV UTF-8 in Excel) "
