@@ -16,9 +16,9 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml
 	@echo "qualcode: installing into $(VENV)/ (first run only; a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(PIP) --upgrade pip
-	@$(PIP) "$(TORCH_SPEC)"
-	@$(PIP) -e ".[dev]"
+	@$(PIP) --upgrade pip 2>>$(VENV)/install.log || { cat $(VENV)/install.log; exit 1; }
+	@$(PIP) "$(TORCH_SPEC)" 2>>$(VENV)/install.log || { cat $(VENV)/install.log; exit 1; }
+	@$(PIP) -e ".[dev]" 2>>$(VENV)/install.log || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
 run: env

@@ -169,7 +169,7 @@ def test_retrain_keeps_an_analysts_note_in_the_model_folder(capsys, tmp_path, sm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["model-staged", "model-swap"])
+@pytest.mark.parametrize("point", ["model-swap"])
 def test_a_killed_retrain_always_leaves_a_loadable_model(tmp_path, small_labels, model_dir, point):
     import shutil
 
