@@ -249,14 +249,14 @@ def read_inputs(
     """Segments to classify: segments tables (with a ``text`` column) are read as they are;
     documents (and survey exports with ``column``) are segmented on the fly."""
     from qualcode.segment import segment
-    from qualcode.tables import check_text_lengths, read_table
+    from qualcode.tables import check_text_lengths, read_segments_table
 
     if not paths:
         raise QualcodeError("give at least one input file")
     frames = []
     for path in map(Path, paths):
         if path.suffix.lower() in TABLE_SUFFIXES and column is None:
-            frames.append(read_table(path, required=["text"], what="segments file"))
+            frames.append(read_segments_table(path, required=["text"]))
         else:
             frames.append(segment([path], unit=unit, column=column))
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

@@ -42,6 +42,7 @@ from qualcode.tables import (
     atomic_write_text,
     backup_file,
     labels_lock,
+    read_segments_table,
     read_table,
     spreadsheet_rows,
     unneutralise,
@@ -97,7 +98,7 @@ def read_segments(path: str | Path) -> pd.DataFrame:
     """Read a segments table (``segment_id`` and ``text`` required; ``document``, ``section``
     optional); rows with empty text are dropped and duplicate ids refused."""
     path = Path(path)
-    table = read_table(path, required=("segment_id", "text"), what="segments file")
+    table = read_segments_table(path, required=("segment_id", "text"))
     for column in ("document", "section"):
         if column not in table.columns:
             table[column] = ""

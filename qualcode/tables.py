@@ -39,6 +39,7 @@ __all__ = [
     "guard_output",
     "holds_labels",
     "labels_lock",
+    "read_segments_table",
     "read_table",
     "read_text",
     "remove_stale_leftovers",
@@ -662,6 +663,30 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_segments_table(
+    path: str | os.PathLike[str], required: Sequence[str], what: str = "segments file"
+) -> pd.DataFrame:
+    """:func:`read_table` for a table of segments; a survey export without a ``text`` column
+    gets an error that points to ``qualcode segment --column`` and names its text-like
+    columns."""
+    path = Path(path)
+    table = read_table(path, what=what)
+    lower = {str(c).lower() for c in table.columns}
+    if "text" not in lower:
+        cells = {str(c): table[c].astype(str).str.strip() for c in table.columns}
+        wordy = [
+            c for c, v in cells.items() if (v != "").any() and v[v != ""].str.len().mean() >= 15
+        ]
+        raise QualcodeError(
+            f"{what} {path.name!r} has no 'text' column (columns found: "
+            f"{_names(list(map(str, table.columns)))}). A survey export is segmented first: "
+            f"qualcode segment {path.name} --column "
+            f"{repr(wordy[0]) if wordy else 'COLUMN'} -o segments.csv"
+            + (f" (text-like columns: {_names(wordy)})" if wordy else "")
+        )
+    return read_table(path, required=required, what=what)
 
 
 def check_text_lengths(

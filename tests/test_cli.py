@@ -178,3 +178,20 @@ def test_exported_cells_are_neutralised_and_read_back(capsys, tmp_path, model_di
     raw = out.read_bytes().decode("utf-8-sig")
     assert "'=HYPERLINK" in raw and "'+46" in raw and "'@kommunen" in raw
     assert read_table(out)["text"].tolist() == texts
+
+
+def test_a_survey_export_without_column_points_to_segment(capsys, tmp_path, model_dir):
+    survey = tmp_path / "enkat.csv"
+    pd.DataFrame(
+        {
+            "Respondent": ["1", "2"],
+            "Kommun": ["Malmö", "Lund"],
+            "Svar": ["Vi behöver gemensamma utbildningar för personalen", "Bra samarbete"],
+        }
+    ).to_csv(survey, index=False)
+    for args in (
+        ("classify", model_dir, survey, "-o", tmp_path / "p.csv"),
+        ("label", survey, "--codebook", CODEBOOK, "-o", tmp_path / "l.csv"),
+    ):
+        code, _, err = run(capsys, *args)
+        assert_one_line_error(code, err, "qualcode segment enkat.csv --column 'Svar'")
