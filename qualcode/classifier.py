@@ -78,9 +78,6 @@ class Features:
     def __len__(self) -> int:
         return self.dense.shape[0]
 
-    def rows(self, index: Any) -> Features:
-        return Features(self.dense[index], None if self.lexical is None else self.lexical[index])
-
 
 def prototype_texts(codebook: Codebook) -> tuple[list[str], list[str]]:
     """Texts that describe each theme (label + description, examples, the label and its parts

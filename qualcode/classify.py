@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +47,6 @@ class ReviewRule:
     ``expected_accuracy`` is the out-of-fold accuracy of the labelled segments the threshold
     leaves unflagged, ``accuracy_interval`` its 90 % Clopper–Pearson interval, ``evidence`` the
     number of out-of-fold predictions and ``expected_coverage`` the share left unflagged there.
-    ``basis`` says how the threshold was set, and ``batch_expected_accuracy`` is the mean
-    calibrated confidence of a batch's unflagged segments.
     """
 
     min_confidence: float
@@ -60,8 +58,6 @@ class ReviewRule:
     accuracy_interval: tuple[float, float] | None = None
     evidence: int | None = None
     max_flagged: float | None = None
-    basis: str = "labelled segments"
-    batch_expected_accuracy: float | None = None
 
     def flag(
         self, confidence: np.ndarray, margin: np.ndarray, similarity: np.ndarray
@@ -150,9 +146,9 @@ def rule_at(
     **settings: Any,
 ) -> ReviewRule:
     """A review rule at ``threshold``, with what the evidence says it gives."""
-    if confidence is None or correct is None or len(confidence) == 0:
-        return ReviewRule(round(threshold, DECIMALS), **settings)
     threshold = round(threshold, DECIMALS)
+    if confidence is None or correct is None or len(confidence) == 0:
+        return ReviewRule(threshold, **settings)
     kept = confidence >= threshold
     right, n = int(correct[kept].sum()), int(kept.sum())
     return ReviewRule(
@@ -218,28 +214,24 @@ def fit_to_batch(
     of that threshold is kept as a check (``expected_accuracy``). ``max_flagged`` (a share)
     then lowers the threshold, if needed, so that at most that share is flagged for low
     confidence."""
-    threshold, basis = rule.min_confidence, "labelled segments"
+    threshold = rule.min_confidence
     if rule.calibrated and rule.target_accuracy is not None and len(confidence):
-        threshold, basis = calibrated_threshold(confidence, rule.target_accuracy), "batch"
+        threshold = calibrated_threshold(confidence, rule.target_accuracy)
     if max_flagged is not None:
         if not 0 <= max_flagged <= 1:
             raise QualcodeError(f"--max-flagged must be a share between 0 and 1, not {max_flagged}")
         allowed = int(np.floor(max_flagged * len(confidence)))
         if int((confidence < threshold).sum()) > allowed:
-            threshold, basis = float(np.sort(confidence)[allowed]), "max-flagged"
+            threshold = float(np.sort(confidence)[allowed])
     oof_confidence, oof_correct = evidence or (None, None)
-    settings = {
-        "min_margin": rule.min_margin,
-        "min_similarity": rule.min_similarity,
-        "target_accuracy": rule.target_accuracy,
-    }
-    new = rule_at(threshold, oof_confidence, oof_correct, **settings)
-    kept = confidence >= threshold
-    return replace(
-        new,
+    return rule_at(
+        threshold,
+        oof_confidence,
+        oof_correct,
+        min_margin=rule.min_margin,
+        min_similarity=rule.min_similarity,
+        target_accuracy=rule.target_accuracy,
         max_flagged=max_flagged,
-        basis=basis,
-        batch_expected_accuracy=float(confidence[kept].mean()) if kept.any() else None,
     )
 
 
@@ -297,7 +289,7 @@ def code_batch(
 ) -> Coded:
     """Predict and flag a batch. With ``adapt`` the classifier first learns from the batch
     itself (:meth:`ThemeClassifier.adapted`); ``max_flagged`` caps the share flagged for low
-    confidence (see :func:`limit_flagged`)."""
+    confidence (see :func:`fit_to_batch`)."""
     features = clf.transform(texts)
     if adapt:
         clf = clf.adapted(features)
@@ -398,27 +390,27 @@ def review_summary(predictions: pd.DataFrame) -> str:
     (from their calibrated confidences, with a 90 % interval for the luck of the draw, and what
     cross-validation on the labelled segments says of the same threshold)."""
     rule: ReviewRule | None = predictions.attrs.get("review_rule")
-    flagged = predictions[model_column(predictions, "needs_review")]
-    flagged = flagged.astype(str).str.lower().isin(["true", "1"])
+    flagged = predictions[model_column(predictions, "needs_review")].astype(bool)
     n, k = len(predictions), int(flagged.sum())
     if not n:
         return "no segments"
     text = f"{k} of {n} segments need review ({k / n:.0%})"
     if rule is None or n == k:
         return text
-    confidence = predictions.loc[~flagged, model_column(predictions, "confidence")]
-    p = pd.to_numeric(confidence, errors="coerce").dropna()
-    p = p.to_numpy()
+    p = predictions.loc[~flagged, model_column(predictions, "confidence")].to_numpy(float)
     if not rule.calibrated:
         return text + (
             f"; the other {n - k} are not flagged, but the confidence threshold "
             f"{rule.min_confidence:.2f} is not yet calibrated: label more segments per theme"
         )
-    z = 1.6449  # two-sided 90 %
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + INTERVAL_LEVEL / 2)
     spread = z * np.sqrt((p * (1 - p)).sum()) / len(p)
     text += (
         f"; the other {n - k} are expected to be {p.mean():.0%} right "
-        f"(±{spread:.0%}, 90 %, if the confidences are calibrated on this material; "
+        f"(±{spread:.0%}, {INTERVAL_LEVEL * 100:.0f} %, if the confidences are calibrated on "
+        "this material; "
         f"threshold {rule.min_confidence:.2f}, target {rule.target_accuracy:.0%}"
     )
     if rule.expected_accuracy is not None:
