@@ -42,6 +42,7 @@ from qualcode.tables import (
     atomic_write_text,
     backup_file,
     labels_lock,
+    lock_beside,
     read_segments_table,
     read_table,
     spreadsheet_rows,
@@ -176,10 +177,10 @@ class LabelStore:
         self._lock: Any = None
 
     def __enter__(self) -> LabelStore:
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path.with_name(f".{self.path.name}.lock")))
+        lock = lock_beside(self.path)
         try:
             lock.acquire(timeout=0)
         except Timeout:

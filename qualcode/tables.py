@@ -39,6 +39,7 @@ __all__ = [
     "guard_output",
     "holds_labels",
     "labels_lock",
+    "lock_beside",
     "read_segments_table",
     "read_table",
     "read_text",
@@ -704,16 +705,25 @@ def check_text_lengths(
             )
 
 
+def lock_beside(path: str | os.PathLike[str]) -> Any:
+    """The inter-process lock of ``path``: a hidden ``.<name>.lock`` file beside it, released by
+    the OS if the holder is killed."""
+    from filelock import FileLock
+
+    path = Path(path)
+    return FileLock(str(path.with_name(f".{path.name}.lock")))
+
+
 @contextlib.contextmanager
 def labels_lock(path: str | os.PathLike[str], *, timeout: float, busy: str) -> Iterator[None]:
     """Hold the lock that every writer of a labels file takes (the labeller, ``label --import``,
     ``review apply``); a killed ``review apply`` is completed first. ``busy`` is the error when
     another holds it for ``timeout`` seconds."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    lock = lock_beside(path)
     try:
         lock.acquire(timeout=timeout)
     except Timeout:

@@ -47,17 +47,15 @@ from qualcode.classify import DEFAULT_TARGET_ACCURACY, ReviewRule, choose_review
 from qualcode.codebook import Codebook, load_codebook
 from qualcode.encoders import (
     BUNDLED,
+    MANIFEST,
     TFIDF,
     CharNgramEncoder,
     encoder_identity,
     verify_manifest,
     write_manifest,
 )
-from qualcode.encoders import (
-    MANIFEST as MANIFEST_NAME,
-)
 from qualcode.errors import QualcodeError, crash_point
-from qualcode.tables import check_text_lengths
+from qualcode.tables import check_text_lengths, lock_beside, read_table
 
 MODEL_FORMAT = 2
 LABEL_COLUMNS = ["text", "theme"]
@@ -88,8 +86,6 @@ def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFram
     where a coder labelled a segment more than once, their last answer counts (files in the
     order given, rows in file order); different coders' answers all count. A segment is the
     same when its ``segment_id`` is, or, without ids, its text."""
-    from qualcode.tables import read_table
-
     if not paths:
         raise QualcodeError("give at least one labels file")
     tables = []
@@ -153,7 +149,7 @@ class ThemeModel:
         n = self.card.get("training_data", {}).get("segments", "?")
         if cv.get("macro_f1") is None:
             per_theme = self.card.get("training_data", {}).get("per_theme", {})
-            short = [f"{t} ({n})" for t, n in per_theme.items() if n == 1]
+            short = [f"{t} ({c})" for t, c in per_theme.items() if c == 1]
             scores = (
                 "not cross-validated: every theme in use needs at least 2 labels, and "
                 f"{', '.join(short) or 'some theme'} has 1; label 1 more segment for each "
@@ -189,13 +185,11 @@ class ThemeModel:
     def save(self, directory: str | Path) -> Path:
         """Write the model directory atomically: a complete new directory replaces the old one
         under a lock, so the path always holds a loadable model (see :func:`_swap_in`)."""
-        from filelock import FileLock
-
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         if directory.exists() and not directory.is_dir():
             raise QualcodeError(f"-o {str(directory)!r} is a file: a model needs its own folder")
-        with FileLock(str(directory.with_name(f".{directory.name}.lock"))):
+        with lock_beside(directory):
             recover_model_dir(directory)
             foreign = _foreign_files(directory)
             if foreign:
@@ -265,25 +259,25 @@ class ThemeModel:
         )
 
 
+SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop in folders
+
+
 def _foreign_files(directory: Path) -> list[str]:
     """Files in an existing model directory that its manifest does not list (an analyst's note):
     a retrain must not delete them. A folder that is not a model counts as all foreign."""
     if not directory.is_dir():
         return []
     try:
-        listed = set(json.loads((directory / MANIFEST_NAME).read_text())["files"])
+        listed = set(json.loads((directory / MANIFEST).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
         listed = set()
     return sorted(
         str(p.relative_to(directory))
         for p in directory.rglob("*")
         if (p.is_file() or p.is_symlink())
-        and p.name not in (MANIFEST_NAME, *SYSTEM_FILES)
+        and p.name not in (MANIFEST, *SYSTEM_FILES)
         and str(p.relative_to(directory)) not in listed
     )
-
-
-SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop in folders
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -587,9 +581,7 @@ def load_model(directory: str | Path, codebook: Codebook | None = None) -> Theme
 
 def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
     if not directory.exists() and directory.with_name(f".{directory.name}.old").is_dir():
-        from filelock import FileLock
-
-        with FileLock(str(directory.with_name(f".{directory.name}.lock"))):
+        with lock_beside(directory):
             recover_model_dir(directory)  # a retrain was killed mid-swap: the old model is back
     if not directory.is_dir():
         raise QualcodeError(f"model directory {directory} does not exist")
