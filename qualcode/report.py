@@ -33,8 +33,6 @@ import io
 import math
 import os
 import re
-import shutil
-import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +58,7 @@ from qualcode.coded import (
 from qualcode.errors import QualcodeError
 from qualcode.export import PALETTE, theme_color, write_qdpx, write_workbook
 from qualcode.pseudonymise import Pseudonymiser
-from qualcode.tables import (
-    atomic_write_bytes,
-    atomic_write_text,
-    remove_stale_leftovers,
-    write_table,
-)
+from qualcode.tables import atomic_write_bytes, atomic_write_text, staged_folder, write_table
 
 __all__ = ["ReportResult", "exemplar_quotes", "report", "theme_counts"]
 
@@ -851,39 +844,44 @@ def report(
         charts["groups"] = _groups_chart(counts, coded, groups, names, by, source_name)
     messages: list[str] = [summary] if summary else []
     contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
-    paths: dict[str, Path] = {}
-    if not single:
-        # All or nothing: every file is staged first and moved into the folder at the end.
-        output.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_leftovers(output, ".{name}-*")  # staging folders of killed runs
-        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
-        try:
-            _write_folder(
-                staging,
-                paths,
+    if single:
+        atomic_write_text(output, _html(contents, charts, summary_sv))
+        paths = {"report": output}
+    else:
+        # All or nothing: the files are staged and moved into the folder once all are written.
+        with staged_folder(output) as out:
+            paths = {"counts": out / "theme_counts.csv", "themes_chart": out / "themes.png"}
+            write_table(counts, paths["counts"])
+            atomic_write_bytes(paths["themes_chart"], charts["themes"])
+            if "groups" in charts:
+                paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
+                atomic_write_bytes(paths["groups_chart"], charts["groups"])
+            # The exports take the table read (and pseudonymised) above; the .qdpx shares the
+            # pseudonymiser for its source documents, so a value has one placeholder everywhere.
+            paths["matrix"] = write_workbook(coded, codebook, out / "coded_segments.xlsx").path
+            qdpx = write_qdpx(
                 coded,
-                counts,
-                charts,
-                contents,
                 codebook,
-                messages,
-                by=by,
+                out / "codes.qdpx",
                 sources=sources,
                 near=near,
                 pseudonymiser=pseudonymiser,
-                source_name=source_name,
-                exemplars=exemplars,
-                summary=summary_sv,
+                description=f"Exported by qualcode from {source_name}." if source_name else "",
             )
-            output.mkdir(exist_ok=True)
-            for key, staged in paths.items():
-                os.replace(staged, output / staged.name)
-                paths[key] = output / staged.name
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    else:
-        paths["report"] = output
-        atomic_write_text(output, _html(contents, charts, summary_sv))
+            paths["qdpx"] = qdpx.path
+            messages += qdpx.messages
+            if qdpx.pseudonymised:
+                messages.append(f"codes.qdpx, in its source documents: {qdpx.pseudonymised}")
+            chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
+            images = {"themes": chart_files["themes_chart"]}
+            if "groups_chart" in chart_files:
+                images["groups"] = chart_files["groups_chart"]
+            text = _markdown(contents, images, exemplars)
+            paths["markdown"] = out / "report.md"
+            atomic_write_text(paths["markdown"], text)
+            paths["report"] = out / "report.html"
+            atomic_write_text(paths["report"], _html(contents, charts, summary_sv))
+        paths = {key: output / staged.name for key, staged in paths.items()}
     _, total = split_total(counts)
     return ReportResult(
         output=output,
@@ -894,56 +892,3 @@ def report(
         flagged=int(total["flagged"]) if coded.predictions else None,
         messages=messages,
     )
-
-
-def _write_folder(
-    out: Path,
-    paths: dict[str, Path],
-    coded: CodedTable,
-    counts: pd.DataFrame,
-    charts: dict[str, bytes],
-    contents: _Contents,
-    codebook: Codebook,
-    messages: list[str],
-    *,
-    by: str | None,
-    sources: Any,
-    near: Any,
-    pseudonymiser: Any,
-    source_name: str,
-    exemplars: int,
-    summary: str,
-) -> None:
-    """Write the report folder's files into ``out`` (a staging folder), recording them in
-    ``paths``."""
-    paths.update({"counts": out / "theme_counts.csv", "themes_chart": out / "themes.png"})
-    write_table(counts, paths["counts"])
-    atomic_write_bytes(paths["themes_chart"], charts["themes"])
-    if "groups" in charts:
-        paths["groups_chart"] = out / f"themes_by_{_safe_name(by or '')}.png"
-        atomic_write_bytes(paths["groups_chart"], charts["groups"])
-    # The exports take the table read (and pseudonymised) above; the .qdpx shares the
-    # pseudonymiser for its source documents, so a value has one placeholder everywhere.
-    paths["matrix"] = write_workbook(coded, codebook, out / "coded_segments.xlsx").path
-    qdpx = write_qdpx(
-        coded,
-        codebook,
-        out / "codes.qdpx",
-        sources=sources,
-        near=near,
-        pseudonymiser=pseudonymiser,
-        description=f"Exported by qualcode from {source_name}." if source_name else "",
-    )
-    paths["qdpx"] = qdpx.path
-    messages += qdpx.messages
-    if qdpx.pseudonymised:
-        messages.append(f"codes.qdpx, in its source documents: {qdpx.pseudonymised}")
-    chart_files = {k: p.name for k, p in paths.items() if k.endswith("chart")}
-    images = {"themes": chart_files["themes_chart"]}
-    if "groups_chart" in chart_files:
-        images["groups"] = chart_files["groups_chart"]
-    text = _markdown(contents, images, exemplars)
-    paths["markdown"] = out / "report.md"
-    atomic_write_text(paths["markdown"], text)
-    paths["report"] = out / "report.html"
-    atomic_write_text(paths["report"], _html(contents, charts, summary))

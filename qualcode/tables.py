@@ -16,6 +16,7 @@ import io
 import os
 import secrets
 import shutil
+import tempfile
 import time
 import zipfile
 import zlib
@@ -46,6 +47,7 @@ __all__ = [
     "remove_stale_leftovers",
     "same_file",
     "sheet_name",
+    "staged_folder",
     "table_bytes",
     "unneutralise",
     "spreadsheet_rows",
@@ -703,6 +705,24 @@ def check_text_lengths(
                 f"segments up to {MAX_SEGMENT_CHARS:,}: split it (e.g. qualcode segment "
                 "--unit sentence)"
             )
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a folder's files all or nothing: the body writes into a hidden staging folder
+    beside ``folder``; when it succeeds every file is moved in (replacing one of the same name),
+    when it fails nothing is. Staging folders a killed run left are removed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_leftovers(folder, ".{name}-????????")  # mkdtemp's 8 characters
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        yield staging
+        folder.mkdir(exist_ok=True)
+        for staged in staging.iterdir():
+            os.replace(staged, folder / staged.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def lock_beside(path: str | os.PathLike[str]) -> Any:

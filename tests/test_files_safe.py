@@ -482,7 +482,7 @@ def test_a_report_folder_is_all_or_nothing(tmp_path):
         report(table, load_codebook(CODEBOOK), out, sources=[tmp_path / "missing.txt"])
     assert not out.exists() or not any(out.iterdir())
     assert hidden(tmp_path) == []
-    left = tmp_path / ".rapport-killed"  # what a killed run would leave
+    left = tmp_path / ".rapport-k1lled_x"  # what a killed run would leave (mkdtemp's shape)
     left.mkdir()
     os.utime(left, (time.time() - 3600, time.time() - 3600))
     report(table, load_codebook(CODEBOOK), out)
