@@ -81,19 +81,11 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
     """
     from qualcode.classify import DEFAULT_TARGET_ACCURACY
     from qualcode.codebook import find_codebook
+    from qualcode.tables import refuse_own_input
     from qualcode.train import read_label_files
     from qualcode.train import train as run_train
 
-    for source in [*labels, *([codebook] if codebook else [])]:
-        if (
-            Path(source).exists()
-            and output.exists()
-            and (output.is_file() or Path(source).resolve().is_relative_to(output.resolve()))
-        ):
-            raise QualcodeError(
-                f"-o {str(output)!r} is an input of this command or holds one: a model directory "
-                "needs its own folder; nothing was written."
-            )
+    refuse_own_input(output, [*labels, *([codebook] if codebook else [])])  # -o is a folder
     book = find_codebook(codebook)
     table = read_label_files(list(labels), book)
     model = run_train(

@@ -44,6 +44,7 @@ __all__ = [
     "read_segments_table",
     "read_table",
     "read_text",
+    "refuse_own_input",
     "remove_stale_leftovers",
     "same_file",
     "sheet_name",
@@ -675,9 +676,12 @@ def read_segments_table(
     gets an error that points to ``qualcode segment --column`` and names its text-like
     columns."""
     path = Path(path)
-    table = read_table(path, what=what)
-    lower = {str(c).lower() for c in table.columns}
-    if "text" not in lower:
+    try:
+        return read_table(path, required=required, what=what)
+    except QualcodeError:
+        table = read_table(path, what=what)  # only to say what the file is instead
+        if "text" in {str(c).lower() for c in table.columns}:
+            raise
         cells = {str(c): table[c].astype(str).str.strip() for c in table.columns}
         wordy = [
             c for c, v in cells.items() if (v != "").any() and v[v != ""].str.len().mean() >= 15
@@ -688,8 +692,7 @@ def read_segments_table(
             f"qualcode segment {path.name} --column "
             f"{repr(wordy[0]) if wordy else 'COLUMN'} -o segments.csv"
             + (f" (text-like columns: {_names(wordy)})" if wordy else "")
-        )
-    return read_table(path, required=required, what=what)
+        ) from None
 
 
 def check_text_lengths(
@@ -793,6 +796,18 @@ def holds_labels(path: str | os.PathLike[str]) -> bool:
     return "theme" in columns and bool(table["theme"].astype(str).str.strip().ne("").any())
 
 
+def refuse_own_input(
+    output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]
+) -> None:
+    """Refuse an ``output`` that is one of the command's ``inputs`` (see :func:`same_file`)."""
+    for source in inputs:
+        if Path(source).exists() and same_file(output, source):
+            raise QualcodeError(
+                f"-o {str(output)!r} is also an input of this command: qualcode never writes "
+                "over its own input. Choose another output file; nothing was written."
+            )
+
+
 def guard_output(
     output: str | os.PathLike[str],
     inputs: Iterable[str | os.PathLike[str]] = (),
@@ -804,12 +819,7 @@ def guard_output(
     holds an analyst's labels unless ``force`` (then back it up first and return the backup).
     A command whose job is to update a labels file (``updates_labels``) keeps its own backups."""
     output = Path(output)
-    for source in inputs:
-        if Path(source).exists() and same_file(output, source):
-            raise QualcodeError(
-                f"-o {str(output)!r} is also an input of this command: qualcode never writes "
-                "over its own input. Choose another output file; nothing was written."
-            )
+    refuse_own_input(output, inputs)
     if not updates_labels and holds_labels(output):
         if not force:
             raise QualcodeError(
