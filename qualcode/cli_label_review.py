@@ -120,10 +120,8 @@ def label(
         raise click.UsageError("--first goes with --template")
     if mode == "template":
         guarded(output, [source, *([codebook] if codebook else [])], force)
-    elif mode == "import":
-        guarded(output, [source], updates_labels=True)  # merged into -o after a backup
-    else:
-        guarded(output, [source], updates_labels=True)  # the labeller appends to -o
+    else:  # the labeller appends to -o, and --import merges into it after a backup
+        guarded(output, [source], updates_labels=True)
     if mode == "template":
         segments = read_segments(source)
         how = "file order"

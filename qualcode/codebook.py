@@ -314,7 +314,7 @@ def load_codebook(path: str | os.PathLike[str]) -> Codebook:
             f"{MAX_CODEBOOK_CHARS:,}: is this the right file?"
         )
     try:
-        data = yaml.load(text, Loader=_CodebookLoader)  # noqa: S506 - a SafeLoader, see below
+        data = yaml.load(text, Loader=_CodebookLoader)  # noqa: S506 - a SafeLoader without aliases
     except RecursionError:
         raise QualcodeError(
             f"codebook {path.name!r} is nested too deeply to be a codebook; check the file"

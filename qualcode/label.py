@@ -1001,8 +1001,7 @@ def import_template(
             f"{path.name!r} has no labelled rows (every 'theme' cell is empty); "
             "fill in the theme column first."
         )
-    busy = f"{output.name!r} is in use (a labelling session or `review apply`); finish that first"
-    with labels_lock(output, timeout=10.0, busy=busy):
+    with labels_lock(output):
         return _merge_import(output, new, len(sheet) - len(filled))
 
 

@@ -76,7 +76,6 @@ TAIL_COLUMNS = (
     "note",
     "labels_sha256",
 )
-LOCK_TIMEOUT = 10.0  # seconds to wait for a labels file in use
 AUDIT_COLUMNS = (
     "resolved_at",
     "resolved_by",
@@ -497,11 +496,7 @@ def apply_review(
     decisions, hashes = _resolved(review, codebook)
     if decisions.empty:
         return ApplyResult(0, 0, 0, None, None)
-    busy = (
-        f"{labels.name!r} is in use (a labelling session or another `review apply`); "
-        "finish that first. Nothing was written."
-    )
-    with labels_lock(labels, timeout=LOCK_TIMEOUT, busy=busy):
+    with labels_lock(labels):
         return _apply(review, labels, codebook, decisions, hashes, coder)
 
 

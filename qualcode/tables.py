@@ -728,6 +728,9 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+LABELS_LOCK_TIMEOUT = 10.0  # seconds a command waits for a labels file in use
+
+
 def lock_beside(path: str | os.PathLike[str]) -> Any:
     """The inter-process lock of ``path``: a hidden ``.<name>.lock`` file beside it, released by
     the OS if the holder is killed."""
@@ -738,10 +741,12 @@ def lock_beside(path: str | os.PathLike[str]) -> Any:
 
 
 @contextlib.contextmanager
-def labels_lock(path: str | os.PathLike[str], *, timeout: float, busy: str) -> Iterator[None]:
+def labels_lock(
+    path: str | os.PathLike[str], *, timeout: float = LABELS_LOCK_TIMEOUT
+) -> Iterator[None]:
     """Hold the lock that every writer of a labels file takes (the labeller, ``label --import``,
-    ``review apply``); a killed ``review apply`` is completed first. ``busy`` is the error when
-    another holds it for ``timeout`` seconds."""
+    ``review apply``); a killed ``review apply`` is completed first. Another holder for
+    ``timeout`` seconds is an error."""
     from filelock import Timeout
 
     path = Path(path)
@@ -750,7 +755,10 @@ def labels_lock(path: str | os.PathLike[str], *, timeout: float, busy: str) -> I
     try:
         lock.acquire(timeout=timeout)
     except Timeout:
-        raise QualcodeError(busy) from None
+        raise QualcodeError(
+            f"{path.name!r} is in use (a labelling session, `label --import` or `review apply`); "
+            "finish that first. Nothing was written."
+        ) from None
     try:
         from qualcode.review import finish_pending_apply
 
