@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from qualcode.errors import QualcodeError
-from qualcode.tables import read_text
+from qualcode.files.tables import read_text
 
 __all__ = [
     "Codebook",

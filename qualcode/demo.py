@@ -31,7 +31,7 @@ def corpora_dir() -> Path:
 
 def skane_notes(corpora: Path) -> pd.DataFrame:
     """Segments of the round-table notes: everything after the notes heading in seed 001."""
-    from qualcode.segment import segment
+    from qualcode.segmentation import segment
 
     report = corpora / "seeds" / SKANE_REPORT
     lines = report.read_text(encoding="utf-8").splitlines()
@@ -43,11 +43,11 @@ def skane_notes(corpora: Path) -> pd.DataFrame:
 def run_demo(output: str | Path, model_dir: str | Path, *, progress: bool = True) -> DemoResult:
     """Train → classify → write ``segments.csv``, ``predictions.csv`` and the HTML report
     ``report.html`` (themes per discussion group) under ``output``."""
-    from qualcode.classify import classify, review_summary, summarize, write_predictions
+    from qualcode.classification import classify, review_summary, summarize, write_predictions
     from qualcode.codebook import load_codebook
-    from qualcode.report import report
-    from qualcode.tables import read_table, write_table
-    from qualcode.train import read_labels, train
+    from qualcode.files.tables import read_table, write_table
+    from qualcode.reporting.report import report
+    from qualcode.training import read_labels, train
 
     corpora = corpora_dir()
     output = Path(output)

@@ -25,7 +25,6 @@ it backs the file up, updates or appends rows (never drops one) and appends each
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,15 +35,12 @@ import numpy as np
 import pandas as pd
 
 from qualcode.agreement import agreement_table
-from qualcode.coded import column_text, model_column, parse_confidence
-from qualcode.errors import QualcodeError, crash_point
-from qualcode.tables import (
-    append_row_durably,
-    atomic_write_bytes,
-    atomic_write_text,
+from qualcode.errors import QualcodeError
+from qualcode.files.coded import column_text, model_column, parse_confidence
+from qualcode.files.labels import audit_path, labels_lock, write_with_audit
+from qualcode.files.tables import (
     backup_file,
     file_sha256,
-    labels_lock,
     read_table,
     spreadsheet_rows,
     table_bytes,
@@ -55,12 +51,10 @@ if TYPE_CHECKING:
     from qualcode.codebook import Codebook
 
 __all__ = [
-    "AUDIT_COLUMNS",
     "DISAGREEMENTS",
     "ApplyResult",
     "ReviewResult",
     "apply_review",
-    "audit_path",
     "build_review",
     "likely_label_errors",
     "write_review",
@@ -76,16 +70,6 @@ TAIL_COLUMNS = (
     "note",
     "labels_sha256",
 )
-AUDIT_COLUMNS = (
-    "resolved_at",
-    "resolved_by",
-    "segment_id",
-    "coder",
-    "old_theme",
-    "new_theme",
-    "note",
-    "review_file",
-)
 _HASH_PREFIX = "sha256:"
 _TRUE = {"true", "1", "yes", "ja", "sant"}
 
@@ -99,12 +83,6 @@ def segment_keys(table: pd.DataFrame) -> list[str]:
     file has no id."""
     ids = table["segment_id"] if "segment_id" in table.columns else pd.Series([""] * len(table))
     return [i.strip() or _text_key(t) for i, t in zip(ids.astype(str), table["text"].astype(str))]
-
-
-def audit_path(labels: str | Path) -> Path:
-    """``labels.csv`` → ``labels.audit.csv``."""
-    labels = Path(labels)
-    return labels.with_name(f"{labels.stem}.audit.csv")
 
 
 # --------------------------------------------------------------------------- reading labels
@@ -208,7 +186,7 @@ def likely_label_errors(
     Returns one row per input (``index, flagged, suggested, confidence, given_proba``) and
     messages for the analyst.
     """
-    from qualcode.evaluate import cross_val_proba
+    from qualcode.evaluation import cross_val_proba
 
     dominant = [ts[0] for ts in themes]
     counts = pd.Series(dominant).value_counts()
@@ -500,44 +478,6 @@ def apply_review(
         return _apply(review, labels, codebook, decisions, hashes, coder)
 
 
-def _pending_path(labels: Path) -> Path:
-    return labels.with_name(f".{labels.name}.apply-pending.json")
-
-
-def finish_pending_apply(labels: str | Path) -> None:
-    """Complete an apply that was killed: its audit lines are written ahead to a pending file
-    with the labels' hash after the change; if the labels have that hash the change landed and
-    the lines join the audit log, otherwise it did not and they are dropped. Call under the
-    labels' lock."""
-    labels = Path(labels)
-    pending = _pending_path(labels)
-    if not pending.exists():
-        return
-    try:
-        state = json.loads(pending.read_text(encoding="utf-8"))
-        landed = labels.exists() and file_sha256(labels) == state["after"]
-        entries = state["entries"] if landed else []
-    except (OSError, ValueError, KeyError, TypeError):
-        entries = []
-    log = audit_path(labels)
-    done = _audit_keys(log)
-    for entry in entries:
-        if _audit_key(entry) not in done:
-            append_row_durably(log, AUDIT_COLUMNS, entry)
-    pending.unlink(missing_ok=True)
-
-
-def _audit_key(entry: dict[str, str]) -> tuple[str, ...]:
-    return tuple(str(entry.get(c, "")) for c in ("resolved_at", "segment_id", "coder", "new_theme"))
-
-
-def _audit_keys(log: Path) -> set[tuple[str, ...]]:
-    if not log.exists():
-        return set()
-    table = read_table(log)
-    return {_audit_key(row) for row in table.to_dict("records")}
-
-
 def _apply(
     review: Path,
     labels: Path,
@@ -546,7 +486,7 @@ def _apply(
     hashes: set[str],
     coder: str | None,
 ) -> ApplyResult:
-    from qualcode.label import default_coder, now
+    from qualcode.labelling import default_coder, now
 
     if not hashes:
         raise QualcodeError(
@@ -627,16 +567,8 @@ def _apply(
         raise AssertionError("apply_review would change the number of rows")
     _refuse_lossy_text(updated, table, review)
     backup = backup_file(labels)
-    # Write-ahead: the audit lines and the labels' hash-to-be go to a pending file first, so a
-    # kill at any point leaves labels and audit log consistent (see finish_pending_apply).
     data = table_bytes(updated, xlsx=labels.suffix.lower() == ".xlsx")
-    pending = _pending_path(labels)
-    state = {"after": hashlib.sha256(data).hexdigest(), "entries": audit}
-    atomic_write_text(pending, json.dumps(state, ensure_ascii=False))
-    crash_point("apply-pending")
-    atomic_write_bytes(labels, data)
-    crash_point("apply-replaced")
-    finish_pending_apply(labels)
+    write_with_audit(labels, data, audit)
     return ApplyResult(changed, len(new_rows), unchanged, backup, audit_path(labels))
 
 

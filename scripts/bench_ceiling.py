@@ -39,11 +39,11 @@ from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from qualcode.classifier import ThemeClassifier, get_encoder  # noqa: E402
-from qualcode.classify import confidence_threshold  # noqa: E402
 from qualcode.codebook import Codebook, load_codebook  # noqa: E402
-from qualcode.encoders import embed  # noqa: E402
-from qualcode.train import read_labels  # noqa: E402
+from qualcode.model.classifier import ThemeClassifier, get_encoder  # noqa: E402
+from qualcode.model.encoders import embed  # noqa: E402
+from qualcode.model.review_rule import confidence_threshold
+from qualcode.training import read_labels  # noqa: E402
 
 HEADS = ("library", "logistic", "svm")
 

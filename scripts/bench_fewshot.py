@@ -30,11 +30,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from qualcode.classifier import forget_encoder  # noqa: E402
-from qualcode.classify import classify  # noqa: E402
+from qualcode.classification import classify  # noqa: E402
 from qualcode.codebook import Codebook, parse_codebook  # noqa: E402
-from qualcode.encoders import TFIDF  # noqa: E402
-from qualcode.train import ThemeModel, fit_classifier, review_evidence  # noqa: E402
+from qualcode.model.classifier import forget_encoder  # noqa: E402
+from qualcode.model.encoders import TFIDF  # noqa: E402
+from qualcode.model.storage import ThemeModel, review_evidence
+from qualcode.training import fit_classifier
 
 METHODS = ("tfidf", "frozen", "finetune")
 REVIEW_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.98)

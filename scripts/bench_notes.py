@@ -36,11 +36,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
-from qualcode.classify import classify  # noqa: E402
+from qualcode.classification import classify  # noqa: E402
 from qualcode.codebook import load_codebook  # noqa: E402
 from qualcode.demo import corpora_dir, skane_notes  # noqa: E402
-from qualcode.label import most_helpful_first  # noqa: E402
-from qualcode.train import prepare_labels, read_labels, train  # noqa: E402
+from qualcode.labelling import most_helpful_first  # noqa: E402
+from qualcode.training import prepare_labels, read_labels, train  # noqa: E402
 
 SIZES = (0, 5, 10, 15, 20, 30)
 TARGETS = (0.8, 0.9, 0.95)

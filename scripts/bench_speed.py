@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fewshot import category_codebook, read_split, sample, slug  # noqa: E402
 
-from qualcode.encoders import EmbeddingCache, embed, load_encoder, qualcode_home  # noqa: E402
+from qualcode.model.encoders import EmbeddingCache, embed, load_encoder, qualcode_home  # noqa: E402
 
 
 def machine() -> dict:
@@ -113,7 +113,7 @@ def cached_speedup(texts: list[str]) -> dict:
 
 
 def finetune_time(train: pd.DataFrame, seed: int = 0) -> dict:
-    from qualcode.finetune import _default_steps, finetune_encoder
+    from qualcode.model.finetune import _default_steps, finetune_encoder
 
     subset = sample(train, 8, seed)
     encoder = load_encoder()
@@ -146,7 +146,7 @@ def classify_10k(train: pd.DataFrame, texts: list[str], n: int) -> dict:
     """Train a model (frozen encoder, all training data), then time ``qualcode classify`` on
     ``n`` new segments in a subprocess with a cold embedding cache; peak RSS from ru_maxrss."""
     from qualcode.codebook import load_codebook
-    from qualcode.train import train as train_model
+    from qualcode.training import train as train_model
 
     categories = sorted(train["category"].unique())
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ def error_of(call, *args, **kwargs) -> str:
 @pytest.fixture(scope="session")
 def encoder():
     """The bundled e5-small, converted once per checkout."""
-    from qualcode.encoders import load_encoder
+    from qualcode.model.encoders import load_encoder
 
     return load_encoder()
 

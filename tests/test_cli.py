@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from qualcode.cli import main
-from qualcode.tables import read_table
+from qualcode.files.tables import read_table
 
 from .conftest import CORPORA
 
@@ -159,7 +159,7 @@ def test_excel_files_are_read(capsys, tmp_path, small_labels, dialect):
     elif dialect == "utf8-bom":
         small_labels.to_csv(labels, index=False, encoding="utf-8-sig")
     else:
-        from qualcode.tables import write_table
+        from qualcode.files.tables import write_table
 
         write_table(small_labels, labels, excel=True)
         assert labels.read_bytes().startswith(b"\xef\xbb\xbf")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qualcode.encoders import (
+from qualcode.errors import QualcodeError
+from qualcode.model.encoders import (
     MANIFEST,
     CharNgramEncoder,
     EmbeddingCache,
@@ -19,7 +20,6 @@ from qualcode.encoders import (
     encoder_identity,
     load_encoder,
 )
-from qualcode.errors import QualcodeError
 
 
 @pytest.fixture

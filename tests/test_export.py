@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from qualcode.cli import cli
 from qualcode.codebook import load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.export import write_qdpx, write_workbook
-from qualcode.pseudonymise import Pseudonymiser, luhn_valid, read_names
-from qualcode.report import report
-from qualcode.segment import DocumentText, segment
-from qualcode.tables import read_table, write_table
+from qualcode.files.pseudonymise import Pseudonymiser, luhn_valid, read_names
+from qualcode.files.tables import read_table, write_table
+from qualcode.reporting.export import write_qdpx, write_workbook
+from qualcode.reporting.report import report
+from qualcode.segmentation import DocumentText, segment
 from tests.test_report import GUID, Q, _predictions_frame, _qde
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qualcode.tables import file_sha256, read_table, write_table
+from qualcode.files.tables import file_sha256, read_table, write_table
 
 from .conftest import CORPORA
 from .test_cli import assert_one_line_error, run
@@ -399,7 +399,7 @@ def test_hostile_codebooks(capsys, tmp_path, text, fragment):
 def test_a_damaged_model_or_cache_gives_one_line(capsys, tmp_path, model_dir):
     import shutil
 
-    from qualcode.encoders import write_manifest
+    from qualcode.model.encoders import write_manifest
 
     notes = tmp_path / "notes.txt"
     notes.write_text("- Gemensamma utbildningar\n", encoding="utf-8")
@@ -423,7 +423,7 @@ def test_a_damaged_model_or_cache_gives_one_line(capsys, tmp_path, model_dir):
 
 
 def test_nan_vectors_in_the_cache_are_embedded_again(tmp_path, encoder):
-    from qualcode.encoders import EmbeddingCache, embed, encoder_identity
+    from qualcode.model.encoders import EmbeddingCache, embed, encoder_identity
 
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     text = "Vi behöver gemensamma utbildningar."
@@ -446,7 +446,7 @@ def test_mixed_encodings_are_refused_not_garbled(capsys, tmp_path):
 
 
 def test_cells_that_excel_could_run_are_neutralised(tmp_path):
-    from qualcode.tables import _neutralise
+    from qualcode.files.tables import _neutralise
 
     assert _neutralise("\r=cmd") == "'\r=cmd"
     frame = pd.DataFrame({"text": ["\t=1+1", "=SUM(A1)", "-5", "vanlig text"]})
@@ -474,7 +474,7 @@ def test_a_review_saved_without_swedish_letters_is_refused(tmp_path, small_label
 def test_a_report_folder_is_all_or_nothing(tmp_path):
     from qualcode.codebook import load_codebook
     from qualcode.errors import QualcodeError
-    from qualcode.report import report
+    from qualcode.reporting.report import report
 
     table = read_table(SEED_SET)
     out = tmp_path / "rapport"
@@ -493,8 +493,8 @@ def test_a_report_folder_is_all_or_nothing(tmp_path):
 def test_unfitted_or_multi_label_estimators_keep_the_sklearn_contract(small_labels, encoder):
     from sklearn.exceptions import NotFittedError
 
-    from qualcode.classifier import ThemeClassifier
     from qualcode.codebook import load_codebook
+    from qualcode.model.classifier import ThemeClassifier
 
     with pytest.raises(NotFittedError):
         ThemeClassifier().predict(["Gemensamma utbildningar"])
@@ -508,7 +508,7 @@ def test_unfitted_or_multi_label_estimators_keep_the_sklearn_contract(small_labe
 
 def test_a_re_answered_segment_trains_on_its_last_answer(tmp_path):
     from qualcode.codebook import load_codebook
-    from qualcode.train import read_labels
+    from qualcode.training import read_labels
 
     path = tmp_path / "labels.csv"
     write_table(
@@ -546,7 +546,7 @@ def test_two_retrains_of_one_model_folder_leave_one_loadable_model(tmp_path, sma
     ]
     procs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     assert [p.wait(timeout=240) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    from qualcode.train import load_model
+    from qualcode.model.storage import load_model
 
     assert load_model(out).card["training_data"]["segments"] == len(read_table(small_labels))
     assert hidden(tmp_path) == []
@@ -601,7 +601,7 @@ def test_a_killed_import_leaves_the_labels_as_they_were(tmp_path, capsys):
 
 def test_label_files_with_different_columns_keep_every_answer(tmp_path):
     from qualcode.codebook import load_codebook
-    from qualcode.train import read_label_files
+    from qualcode.training import read_label_files
 
     seed = tmp_path / "seed.csv"
     write_table(

@@ -72,7 +72,7 @@ FAST = {"steps": 3, "batch_size": 8, "learning_rate": 1e-4, "max_seq_length": 48
 
 @pytest.fixture(scope="module")
 def tuned(encoder, tiny):
-    from qualcode.finetune import finetune_encoder
+    from qualcode.model.finetune import finetune_encoder
 
     before = _state_hash(encoder)
     model = finetune_encoder(
@@ -93,8 +93,8 @@ def test_same_theme_segments_move_closer(encoder, tiny, tuned):
 
 
 def test_word_embeddings_frozen_and_base_untouched(encoder, tuned):
-    from qualcode.encoders import encoder_identity
-    from qualcode.finetune import _word_embeddings
+    from qualcode.model.encoders import encoder_identity
+    from qualcode.model.finetune import _word_embeddings
 
     model, before = tuned
     assert model is not encoder
@@ -112,7 +112,7 @@ def test_word_embeddings_frozen_and_base_untouched(encoder, tuned):
 
 
 def test_deterministic_under_seed(encoder, tiny, tuned):
-    from qualcode.finetune import finetune_encoder
+    from qualcode.model.finetune import finetune_encoder
 
     model, _ = tuned
     texts, themes = tiny["text"].tolist(), tiny["category"].tolist()
@@ -123,7 +123,7 @@ def test_deterministic_under_seed(encoder, tiny, tuned):
 
 
 def test_contrastive_batches_are_balanced_and_reproducible():
-    from qualcode.finetune import contrastive_batches
+    from qualcode.model.finetune import contrastive_batches
 
     themes = ["a"] * 8 + ["b"] * 8 + ["c"] * 8 + ["d"] * 1
     batches = contrastive_batches(themes, steps=30, batch_size=8, seed=3)
@@ -142,12 +142,12 @@ def test_contrastive_batches_are_balanced_and_reproducible():
 
 def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch, encoder):
     """`qualcode train --finetune` -> model dir with the encoder -> load_model reproduces it."""
-    from qualcode import finetune
-    from qualcode.classifier import _ENCODERS
-    from qualcode.classify import classify
+    from qualcode.classification import classify
     from qualcode.cli import cli
-    from qualcode.encoders import embed
-    from qualcode.train import load_model
+    from qualcode.model import finetune
+    from qualcode.model.classifier import _ENCODERS
+    from qualcode.model.encoders import embed
+    from qualcode.model.storage import load_model
 
     monkeypatch.setattr(finetune, "DEFAULT_MIN_STEPS", 2)  # keep the test fast
     monkeypatch.setattr(finetune, "DEFAULT_MAX_STEPS", 2)
@@ -194,7 +194,7 @@ def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch, encod
 
 @pytest.mark.parametrize("loss", ["cosine", "cosent", "supcon"])
 def test_pair_losses_prefer_separated_embeddings(loss):
-    from qualcode.finetune import _pair_loss
+    from qualcode.model.finetune import _pair_loss
 
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     separated = torch.eye(3).repeat_interleave(2, dim=0) + 0.01 * torch.arange(6.0)[:, None]
@@ -204,9 +204,9 @@ def test_pair_losses_prefer_separated_embeddings(loss):
 
 def test_finetuned_head_evidence_is_cross_fitted(monkeypatch, encoder):
     """The review rule of a fine-tuned model comes from segments its encoder never saw."""
-    from qualcode import finetune
     from qualcode.codebook import parse_codebook
-    from qualcode.train import FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT, fit_classifier
+    from qualcode.model import finetune
+    from qualcode.training import FINETUNED_HEAD_C, FINETUNED_PRIOR_WEIGHT, fit_classifier
 
     monkeypatch.setattr(finetune, "DEFAULT_MIN_STEPS", 2)
     monkeypatch.setattr(finetune, "DEFAULT_MAX_STEPS", 2)

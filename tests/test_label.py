@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qualcode.cli.labeller import Labeller
 from qualcode.codebook import load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.label import (
+from qualcode.files.tables import read_table, write_table
+from qualcode.labelling import (
     LABEL_COLUMNS,
-    Labeller,
     LabelStore,
     import_template,
     pick_diverse,
@@ -25,9 +26,8 @@ from qualcode.label import (
     uncertainty,
     write_template,
 )
-from qualcode.segment import segment
-from qualcode.tables import read_table, write_table
-from qualcode.train import read_labels
+from qualcode.segmentation import segment
+from qualcode.training import read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"
@@ -154,7 +154,7 @@ def test_active_session_retrains_in_the_background(tmp_path, codebook, notes, ea
     prompts: list[str] = []
 
     def ask(prompt: str) -> str:
-        labeller.trainer.wait(120)  # make the test deterministic: the model is ready
+        labeller.session.trainer.wait(120)  # make the test deterministic: the model is ready
         prompts.append(prompt)
         return next(answers)
 
@@ -171,7 +171,7 @@ def test_active_session_retrains_in_the_background(tmp_path, codebook, notes, ea
     )
     result = labeller.run()
     assert (result.answered, result.skipped, result.labelled) == (4, 1, 4)
-    assert labeller.trainer.error is None
+    assert labeller.session.trainer.error is None
     text = "\n".join(lines)
     assert "suggestions now from a model trained on 16 labels" in text
     assert "suggestions now from a model trained on 18 labels" in text  # retrained after 2
@@ -211,7 +211,7 @@ def test_multi_label_session(tmp_path, codebook, notes, earlier):
     lines: list[str] = []
 
     def ask(prompt: str) -> str:
-        labeller.trainer.wait(120)
+        labeller.session.trainer.wait(120)
         return next(answers)
 
     labeller = Labeller(
@@ -227,7 +227,7 @@ def test_multi_label_session(tmp_path, codebook, notes, earlier):
         progress=False,
     )
     result = labeller.run()
-    assert result.answered == 2 and labeller.trainer.error is None
+    assert result.answered == 2 and labeller.session.trainer.error is None
     themes = read_labels_table(output)["theme"].tolist()
     assert themes[-2:] == ["coordination_roles;steering", "steering;teams_care_models"]
     assert any("suggestions now from a model trained on 16 labels" in line for line in lines)
@@ -369,7 +369,7 @@ def test_terminal_labeller_survives_kill_and_resumes(tmp_path, codebook, notes):
 def test_cli_errors_are_one_line(tmp_path, notes):
     from click.testing import CliRunner
 
-    from qualcode.cli_label_review import label
+    from qualcode.cli.label_review import label
 
     runner = CliRunner()
     bad = tmp_path / "labels.csv"

@@ -23,11 +23,11 @@ import pytest
 
 from qualcode.cli import main
 from qualcode.codebook import load_codebook
-from qualcode.label import LABEL_COLUMNS, read_labels_table
-from qualcode.review import audit_path
-from qualcode.segment import segment
-from qualcode.tables import read_table, write_table
-from qualcode.train import load_model
+from qualcode.files.labels import audit_path
+from qualcode.files.tables import read_table, write_table
+from qualcode.labelling import LABEL_COLUMNS, read_labels_table
+from qualcode.model.storage import load_model
+from qualcode.segmentation import segment
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"

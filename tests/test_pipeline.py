@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import cross_val_score
 
-from qualcode.classifier import ThemeClassifier
-from qualcode.classify import PREDICTION_COLUMNS, classify, confidence_threshold, read_inputs
+from qualcode.classification import PREDICTION_COLUMNS, classify, read_inputs
 from qualcode.codebook import load_codebook
 from qualcode.demo import skane_notes
 from qualcode.errors import QualcodeError
-from qualcode.evaluate import evaluate
-from qualcode.train import load_model, read_labels, train
+from qualcode.evaluation import evaluate
+from qualcode.model.classifier import ThemeClassifier
+from qualcode.model.review_rule import confidence_threshold
+from qualcode.model.storage import load_model
+from qualcode.training import read_labels, train
 
 from .conftest import CORPORA
 
@@ -143,7 +145,7 @@ def test_model_for_another_codebook_or_format_is_refused(saved, codebook, tmp_pa
     card = json.loads((old / "model.json").read_text())
     card["format"] = 0
     (old / "model.json").write_text(json.dumps(card))
-    from qualcode.encoders import write_manifest
+    from qualcode.model.encoders import write_manifest
 
     write_manifest(old, kind="qualcode-model", format=0)
     with pytest.raises(QualcodeError, match="model format 0"):

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from qualcode.cli_report import report as report_cmd
+from qualcode.cli.report import report as report_cmd
 from qualcode.codebook import load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.export import QDA_NAMESPACE, write_qdpx
-from qualcode.report import exemplar_quotes, report, theme_counts
-from qualcode.tables import read_table, write_table
+from qualcode.files.tables import read_table, write_table
+from qualcode.reporting.export import QDA_NAMESPACE, write_qdpx
+from qualcode.reporting.report import exemplar_quotes, report, theme_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"
@@ -521,7 +521,7 @@ def test_predictions_saved_for_swedish_excel(codebook, tmp_path):
 
 def test_theme_sheets_sort_excel_saved_probabilities(codebook, tmp_path):
     """Decimal commas from Swedish Excel sort as numbers in the workbook's theme sheets too."""
-    from qualcode.export import write_workbook
+    from qualcode.reporting.export import write_workbook
 
     path = tmp_path / "predictions.csv"
     frame = _predictions_frame()

@@ -15,12 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from qualcode.agreement import agreement_table, cohen_kappa, krippendorff_alpha
-from qualcode.cli_label_review import review as review_cmd
+from qualcode.cli.label_review import review as review_cmd
 from qualcode.codebook import load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.label import LABEL_COLUMNS
-from qualcode.review import AUDIT_COLUMNS, apply_review, audit_path, build_review, write_review
-from qualcode.tables import file_sha256, read_table, write_table
+from qualcode.files.labels import AUDIT_COLUMNS, audit_path
+from qualcode.files.tables import file_sha256, read_table, write_table
+from qualcode.labelling import LABEL_COLUMNS
+from qualcode.review import apply_review, build_review, write_review
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"

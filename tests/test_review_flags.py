@@ -8,18 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qualcode.classifier import softmax
-from qualcode.classify import (
-    ReviewRule,
-    calibrated_threshold,
-    classify,
-    fit_to_batch,
-    review_summary,
-)
+from qualcode.classification import classify, review_summary
 from qualcode.codebook import load_codebook
 from qualcode.demo import skane_notes
-from qualcode.tables import read_table, write_table
-from qualcode.train import load_model, read_label_files
+from qualcode.files.tables import read_table, write_table
+from qualcode.model.classifier import softmax
+from qualcode.model.review_rule import ReviewRule, calibrated_threshold, fit_to_batch
+from qualcode.model.storage import load_model
+from qualcode.training import read_label_files
 
 from .conftest import CORPORA
 from .test_cli import run

@@ -10,7 +10,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from qualcode.segment import SEGMENT_COLUMNS, segment, segment_text, split_sentences
+from qualcode.segmentation import SEGMENT_COLUMNS, segment, segment_text, split_sentences
 
 from .conftest import error_of
 

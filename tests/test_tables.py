@@ -12,8 +12,8 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from qualcode import tables
-from qualcode.tables import (
+from qualcode.files import tables
+from qualcode.files.tables import (
     append_row_durably,
     atomic_write_bytes,
     atomic_write_text,

@@ -22,26 +22,23 @@ import csv
 import getpass
 import io
 import re
-import shutil
-import textwrap
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 import pandas as pd
 
 from qualcode.errors import QualcodeError
-from qualcode.tables import (
+from qualcode.files.labels import finish_pending_apply, labels_lock
+from qualcode.files.tables import (
     append_row_durably,
     atomic_write_bytes,
     atomic_write_text,
     backup_file,
-    labels_lock,
     lock_beside,
     read_segments_table,
     read_table,
@@ -52,12 +49,12 @@ from qualcode.tables import (
 
 if TYPE_CHECKING:
     from qualcode.codebook import Codebook
-    from qualcode.train import ThemeModel
+    from qualcode.model.storage import ThemeModel
 
 __all__ = [
     "LABEL_COLUMNS",
     "LabelStore",
-    "Labeller",
+    "LabellingSession",
     "import_template",
     "pick_diverse",
     "read_labels_table",
@@ -190,8 +187,6 @@ class LabelStore:
             ) from None
         self._lock = lock
         try:
-            from qualcode.review import finish_pending_apply
-
             finish_pending_apply(self.path)  # a `review apply` killed mid-way is completed first
             self._check_header()
             self.repaired = self._repair_tail()
@@ -381,7 +376,7 @@ class _Trained:
 
 
 class BackgroundTrainer:
-    """Retrains a :class:`~qualcode.classifier.ThemeClassifier` in a daemon thread.
+    """Retrains a :class:`~qualcode.model.classifier.ThemeClassifier` in a daemon thread.
 
     ``request(texts, themes)`` starts a fit (or queues the newest data if one is running);
     ``latest()`` returns the newest predictions over ``features`` once a fit has finished.
@@ -420,7 +415,7 @@ class BackgroundTrainer:
                 self._thread.start()
 
     def _run(self) -> None:
-        from qualcode.classifier import ThemeClassifier
+        from qualcode.model.classifier import ThemeClassifier
 
         while True:
             with self._lock:
@@ -471,18 +466,10 @@ class SessionResult:
     per_theme: dict[str, int] = field(default_factory=dict)
 
 
-_HELP = """\
-Keys (then Enter):
-  Enter        accept the suggestion shown in [brackets]
-  1 … {n}       pick a theme by number{multi}; a theme id or label works too
-  s            skip this segment (asked again after all others, in a later session)
-  u            undo the last answer (it is removed from the labels file)
-  ?            this help and the theme descriptions
-  q            quit (every answer is already saved; run the same command to resume)"""
-
-
-class Labeller:
-    """An interactive, line-based labelling session (plain terminal: no curses, no mouse).
+class LabellingSession:
+    """One coder labelling a segments table: which segment to ask next, what to suggest, and
+    the answers, written to the labels file at once. It has no screen:
+    :class:`qualcode.cli.labeller.Labeller` shows it in a terminal.
 
     Parameters
     ----------
@@ -495,7 +482,8 @@ class Labeller:
     model : a trained model: its suggestions are shown, and with ``order="active"`` the
         segments come in :func:`most_helpful_first` order (labelling a new batch).
     retrain_every : retrain the suggestion model after this many answers.
-    ask, echo : line input and output (default: ``input`` and ``click.echo``).
+
+    Use it as a context manager (it holds the labels file's lock), then :meth:`prepare`.
     """
 
     def __init__(
@@ -510,8 +498,6 @@ class Labeller:
         retrain_every: int = 5,
         encoder: str | None = None,
         model: ThemeModel | None = None,
-        ask: Callable[[str], str] | None = None,
-        echo: Callable[[str], None] | None = None,
         progress: bool = True,
     ):
         if order not in ("active", "file"):
@@ -531,12 +517,38 @@ class Labeller:
         self.retrain_every = retrain_every
         self.encoder = encoder
         self.model = model
-        self.ask = ask or input
-        self.echo = echo or click.echo
         self.progress = progress
         self.ids = list(codebook.ids)
         self.index = {sid: i for i, sid in enumerate(self.segments["segment_id"])}
-        self._neighbours = self._neighbour_index()
+        self.neighbours = self._neighbour_index()
+        self.result = SessionResult(total=len(self.segments))
+
+    def __enter__(self) -> LabellingSession:
+        self.store.__enter__()
+        try:
+            self._state()
+        except BaseException:
+            self.store.__exit__()
+            raise
+        self._forced: list[str] = []
+        self._asked: set[int] = set()
+        self._recent: list[int] = []
+        self._since_retrain = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.result.labelled = self.labelled
+        self.result.per_theme = dict(self.mine_per_theme)
+        self.store.__exit__(*exc)
+
+    @property
+    def coder(self) -> str:
+        return self.store.coder
+
+    def suggestion_model(self) -> _Trained | None:
+        """The latest model trained on this session's labels, once past the cold start."""
+        trained = self.trainer.latest()
+        return None if trained is None or self._cold() else trained
 
     # ------------------------------------------------------------------ setup
     def _neighbour_index(self) -> list[tuple[int | None, int | None]]:
@@ -548,11 +560,12 @@ class Labeller:
             out.append((prev, nxt))
         return out
 
-    def _prepare(self, labels: pd.DataFrame) -> None:
-        from qualcode.classifier import get_encoder, prototype_texts, zero_shot_proba
-        from qualcode.encoders import embed
+    def prepare(self) -> None:
+        """Embed the segments and start the suggestion model (slow: the encoder loads)."""
+        labels = self.store.read()
+        from qualcode.model.classifier import get_encoder, prototype_texts, zero_shot_proba
+        from qualcode.model.encoders import embed
 
-        self.echo(click.style("loading the encoder and embedding the segments …", dim=True))
         model = get_encoder(self.encoder)
         texts = self.segments["text"].tolist()
         known = set(texts)
@@ -571,6 +584,7 @@ class Labeller:
             encoder=self.encoder,
             multi_label=self.multi_label,
         )
+        self._maybe_retrain(force=True)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> None:
@@ -617,7 +631,8 @@ class Labeller:
             self.trainer.request(texts, themes)
 
     # ------------------------------------------------------------------ ordering
-    def _next(self) -> int | None:
+    def next_segment(self) -> int | None:
+        """The row to ask about next; None when every segment has an answer."""
         if self._forced:
             return self.index[self._forced.pop()]
         fresh = [
@@ -648,7 +663,8 @@ class Labeller:
             ranked = sorted(candidates, key=lambda i: margin[i])
         return pick_diverse(ranked, self.features, self._recent[-RECENT:])
 
-    def _suggest(self, i: int) -> tuple[list[str], float, str]:
+    def suggest(self, i: int) -> tuple[list[str], float, str]:
+        """The suggested themes for row ``i``, their confidence, and where they come from."""
         proba, source = self._proba()
         row = proba[i]
         top = int(row.argmax())
@@ -657,71 +673,42 @@ class Labeller:
             themes = [self.ids[j] for j in np.argsort(-row) if row[j] >= 0.5] or themes
         return themes, float(row[top]), source
 
-    # ------------------------------------------------------------------ display
-    def _width(self) -> int:
-        return max(40, min(shutil.get_terminal_size((100, 24)).columns, 110))
+    # ------------------------------------------------------------------ answers
+    def record(self, i: int, themes: Sequence[str]) -> None:
+        """Save the themes of row ``i`` (none: skipped)."""
+        self.store.append(self.segments.iloc[i], list(themes))
+        self._asked.add(i)
+        self._recent.append(i)
+        if themes:
+            self.result.answered += 1
+            self._since_retrain += 1
+        else:
+            self.result.skipped += 1
+        self._after_change()
 
-    def _show(self, i: int, suggestion: list[str], confidence: float, source: str) -> None:
-        seg = self.segments.iloc[i]
-        width = self._width()
-        total = len(self.segments)
-        where = " › ".join(p for p in (str(seg["document"]), str(seg["section"])) if p)
-        start, end = str(seg.get("line_start", "")), str(seg.get("line_end", ""))
-        if where and start:
-            where += f"  (line {start})" if end in ("", start) else f"  (lines {start}–{end})"
-        self.echo("")
-        self.echo(
-            click.style(
-                f"── {self.labelled}/{total} labelled by {self.store.coder} "
-                f"── {seg['segment_id']} ",
-                bold=True,
-            )
-            + "─" * max(0, width - 30 - len(str(seg["segment_id"])))
-        )
-        if where:
-            self.echo(click.style(where, fg="cyan"))
-        prev, nxt = self._neighbours[i]
+    def undo(self, i: int) -> str | None:
+        """Remove this coder's last answer; it is asked first, then row ``i`` again. Returns
+        the segment id undone, or None when there is nothing to undo."""
+        undone = self.store.undo()
+        if undone is None:
+            return None
+        self.result.undone += 1
+        self._asked.discard(self.index.get(undone, -1))
+        self._forced.append(str(self.segments.at[i, "segment_id"]))
+        if undone in self.index:
+            self._forced.append(undone)
+        self._after_change()
+        return undone
 
-        def neighbour(j: int | None, arrow: str) -> None:
-            if j is not None:
-                text = textwrap.shorten(self.segments.at[j, "text"], width - 6, placeholder=" …")
-                self.echo(click.style(f"  {arrow} {text}", dim=True))
+    def finish(self) -> None:
+        """Every segment has an answer."""
+        self.result.finished = True
 
-        neighbour(prev, "↑")
-        for line in textwrap.wrap(str(seg["text"]), width - 4) or [""]:
-            self.echo(click.style("  ▌ " + line, bold=True))
-        neighbour(nxt, "↓")
-        self.echo("")
-        for n, theme in enumerate(self.codebook.themes, start=1):
-            mark = "*" if theme.id in suggestion else " "
-            count = self.mine_per_theme.get(theme.id, 0)
-            line = f" {mark}{n:>2}  {theme.id:<24} {theme.label}"
-            self.echo(line[: width - 6] + click.style(f"  ({count})", dim=True))
-        keys = f"1-{len(self.ids)}" + (" (several: 1 3)" if self.multi_label else "")
-        default = " ".join(str(self.ids.index(t) + 1) for t in suggestion)
-        self.echo(
-            click.style(
-                f"suggested: {', '.join(suggestion)} ({confidence:.2f}, {source})"
-                f" · {keys}, s skip, u undo, ? help, q quit",
-                dim=True,
-            )
-        )
-        self._prompt = f"Theme [{default}]: "
+    def _after_change(self) -> None:
+        self._state()
+        self._maybe_retrain()
 
-    def _help(self) -> None:
-        n = len(self.ids)
-        multi = " (several allowed: 1 3)" if self.multi_label else ""
-        self.echo(_HELP.format(n=n, multi=multi))
-        width = self._width()
-        for k, theme in enumerate(self.codebook.themes, start=1):
-            self.echo(click.style(f"{k:>2} {theme.id} – {theme.label}", bold=True))
-            self.echo(
-                textwrap.fill(
-                    theme.description, width - 5, initial_indent="     ", subsequent_indent="     "
-                )
-            )
-
-    # ------------------------------------------------------------------ input
+    # ------------------------------------------------------------------ typed answers
     def parse(self, answer: str, suggestion: Sequence[str]) -> list[str] | str:
         """Themes for a typed answer, a command (``s u ? q``), or an error message (str
         starting with ``!``)."""
@@ -749,109 +736,6 @@ class Labeller:
         if len(themes) > 1 and not self.multi_label:
             return "! one theme per segment (start with --multi-label to allow several)"
         return themes
-
-    def _read(self) -> str | None:
-        try:
-            return self.ask(self._prompt)
-        except (EOFError, KeyboardInterrupt):
-            self.echo("")
-            return None
-
-    # ------------------------------------------------------------------ main loop
-    def run(self) -> SessionResult:
-        """Label until every segment is answered or the coder quits."""
-        result = SessionResult(total=len(self.segments))
-        with self.store:
-            if self.store.repaired:
-                self.echo(
-                    click.style(
-                        f"removed a row torn by a crash from the end of "
-                        f"{self.store.path.name} (backup: "
-                        f"{self.store.repaired.name})",
-                        fg="yellow",
-                    )
-                )
-            self._state()
-            self._prepare(self.store.read())
-            self._forced: list[str] = []
-            self._asked: set[int] = set()
-            self._recent: list[int] = []
-            self._since_retrain = 0
-            self._maybe_retrain(force=True)
-            shown_model: int | None = None
-            shown_error: str | None = None
-            done = False
-            while not done:
-                i = self._next()
-                if i is None:
-                    result.finished = True
-                    self.echo(click.style("every segment has an answer — done.", fg="green"))
-                    break
-                if self.trainer.error and self.trainer.error != shown_error:
-                    shown_error = self.trainer.error
-                    self.echo(
-                        click.style(
-                            f"could not retrain the suggestion model "
-                            f"({shown_error}); keeping the previous suggestions",
-                            fg="yellow",
-                        )
-                    )
-                trained = self.trainer.latest()
-                if trained is not None and not self._cold() and trained.labels != shown_model:
-                    shown_model = trained.labels
-                    f1 = "" if trained.macro_f1 is None else f", CV macro-F1 {trained.macro_f1:.2f}"
-                    self.echo(
-                        click.style(
-                            f"suggestions now from a model trained on {trained.labels} labels{f1}",
-                            dim=True,
-                        )
-                    )
-                suggestion, confidence, source = self._suggest(i)
-                self._show(i, suggestion, confidence, source)
-                while True:
-                    typed = self._read()
-                    if typed is None:
-                        done = True
-                        break
-                    answer = self.parse(typed, suggestion)
-                    if answer == "q":
-                        done = True
-                        break
-                    if answer == "?":
-                        self._help()
-                        continue
-                    if isinstance(answer, str) and answer.startswith("!"):
-                        self.echo(click.style(answer[2:], fg="red"))
-                        continue
-                    if answer == "u":
-                        undone = self.store.undo()
-                        if undone is None:
-                            self.echo(click.style("nothing to undo", fg="red"))
-                            continue
-                        result.undone += 1
-                        self.echo(click.style(f"undone: {undone}", fg="yellow"))
-                        self._asked.discard(self.index.get(undone, -1))
-                        self._forced.append(str(self.segments.at[i, "segment_id"]))
-                        if undone in self.index:
-                            self._forced.append(undone)  # asked first, then this one again
-                        break
-                    themes = [] if answer == "s" else list(answer)
-                    self.store.append(self.segments.iloc[i], themes)
-                    self._asked.add(i)
-                    self._recent.append(i)
-                    if themes:
-                        result.answered += 1
-                        self._since_retrain += 1
-                        self.echo(click.style(f"saved: {';'.join(themes)}", fg="green"))
-                    else:
-                        result.skipped += 1
-                        self.echo(click.style("skipped", fg="yellow"))
-                    break
-                self._state()
-                self._maybe_retrain()
-        result.labelled = self.labelled
-        result.per_theme = dict(self.mine_per_theme)
-        return result
 
 
 # --------------------------------------------------------------------------- XLSX round trip

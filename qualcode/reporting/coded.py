@@ -1,8 +1,9 @@
-"""Reading a predictions or labels table into one row per coded segment, and counting themes.
+"""A predictions or labels table read into one row per coded segment, and theme counts: the
+input of the report and the exports.
 
-Shared by :mod:`qualcode.report` and :mod:`qualcode.export`. Input is a predictions table from
-``qualcode classify`` (it has a ``confidence`` column and a ``needs_review`` flag) or a labels
-table (``text``, ``theme`` with ``;``-separated themes, maybe ``coder``).
+Input is a predictions table from ``qualcode classify`` (it has a ``confidence`` column and a
+``needs_review`` flag; the columns are :mod:`qualcode.files.coded`'s contract) or a labels table
+(``text``, ``theme`` with ``;``-separated themes, maybe ``coder``).
 """
 
 from __future__ import annotations
@@ -16,52 +17,30 @@ import pandas as pd
 
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
-from qualcode.pseudonymise import Pseudonymiser
-from qualcode.tables import spreadsheet_rows
-
-__all__ = [
-    "NONE_GROUP",
-    "MODEL_PREFIX",
-    "PREDICTION_COLUMNS",
-    "is_predictions",
-    "model_column",
-    "parse_confidence",
-    "PROVENANCE",
-    "TOTAL",
-    "CodedTable",
-    "as_coded",
-    "count_themes",
-    "read_coded",
-    "resolve_by",
-    "split_total",
-    "theme_scores",
-    "theme_counts",
-]
+from qualcode.files.coded import (
+    MODEL_PREFIX,
+    PREDICTION_COLUMNS,
+    column_text,
+    is_predictions,
+    model_column,
+    parse_confidence,
+    parse_flags,
+    parse_number,
+)
+from qualcode.files.pseudonymise import Pseudonymiser
+from qualcode.files.tables import spreadsheet_rows
 
 TOTAL = "total"
-NONE_GROUP = "(ingen)"
-PROVENANCE = ("segment_id", "document", "section", "line_start", "line_end")
 
-# What `qualcode classify` adds to each segment, in this order, before one p_<theme> per theme.
-# Where the input already has one of these columns (a labelled file classified for comparison),
-# the input's column stays as it is and the model's is written as MODEL_PREFIX + name.
-PREDICTION_COLUMNS = (
-    "theme",
-    "confidence",
-    "second_theme",
-    "margin",
-    "needs_review",
-    "review_reason",
-    "themes",
-    "similarity",
-)
-MODEL_PREFIX = "model_"
+
+NONE_GROUP = "(ingen)"
+
+
+# Columns that hold ids, numbers and flags, never personal data in running text.
 # Columns that hold ids, numbers and flags, never personal data in running text.
 _NOT_PERSONAL = {"segment_id", "document", "line_start", "line_end", "coder", "labelled_at"}
 _NOT_PERSONAL.update(PREDICTION_COLUMNS)
 _NOT_PERSONAL.update(MODEL_PREFIX + c for c in PREDICTION_COLUMNS)
-_TRUE = {"true", "1", "yes", "ja", "sant"}
-_FALSE = {"false", "0", "no", "nej", "falskt", ""}
 
 
 @dataclass
@@ -79,59 +58,6 @@ class CodedTable:
     @property
     def predictions(self) -> bool:
         return self.kind == "predictions"
-
-
-def model_column(table: pd.DataFrame, name: str) -> str:
-    """The column holding the model's ``name`` (``theme``, ``confidence``, …) in a predictions
-    table: ``model_<name>`` where the input had its own ``name``, else ``name``."""
-    return MODEL_PREFIX + name if MODEL_PREFIX + name in table.columns else name
-
-
-def is_predictions(table: pd.DataFrame) -> bool:
-    """Whether ``table`` comes from ``qualcode classify`` (it has the model's confidence)."""
-    return model_column(table, "confidence") in table.columns
-
-
-def column_text(table: pd.DataFrame, name: str) -> pd.Series:
-    if name in table.columns:
-        return table[name].fillna("").astype(str)
-    return pd.Series([""] * len(table), index=table.index, dtype=str)
-
-
-def parse_number(value: object) -> float:
-    text = str(value).strip().replace(",", ".")
-    if not text:
-        return math.nan
-    return float(text)
-
-
-def parse_confidence(values: pd.Series, rows: list[int]) -> list[float]:
-    out = []
-    for value, row in zip(values, rows):
-        try:
-            out.append(parse_number(value))
-        except ValueError:
-            raise QualcodeError(
-                f"row {row}: confidence {str(value)!r} is not a number; the predictions file "
-                "from `qualcode classify` has numbers such as 0.87 there."
-            ) from None
-    return out
-
-
-def _parse_flags(values: pd.Series, rows: list[int]) -> list[bool]:
-    out = []
-    for value, row in zip(values, rows):
-        key = str(value).strip().lower()
-        if key in _TRUE:
-            out.append(True)
-        elif key in _FALSE:
-            out.append(False)
-        else:
-            raise QualcodeError(
-                f"row {row}: needs_review {str(value)!r} is neither true nor false; "
-                "fix the cell (true/false)."
-            )
-    return out
 
 
 def _segment_key(segment_id: str, document: str, section: str, text: str) -> str:
@@ -184,7 +110,7 @@ def read_coded(
     if kind == "predictions":
         confidence = column_text(table, model_column(table, "confidence"))
         frame["_confidence"] = parse_confidence(confidence, rows)
-        frame["_flagged"] = _parse_flags(
+        frame["_flagged"] = parse_flags(
             column_text(table, model_column(table, "needs_review")), rows
         )
     else:
@@ -323,9 +249,6 @@ def group_columns(coded: CodedTable, by: str | None, groups: list[str]) -> dict[
     """Column name per group: the value itself, unless it clashes with a fixed column."""
     fixed = _fixed_columns(coded)
     return {g: g if g not in fixed else f"{by}: {g}" for g in groups}
-
-
-# --------------------------------------------------------------------------- counts
 
 
 def count_themes(coded: CodedTable, codebook: Codebook, by: str | None) -> pd.DataFrame:

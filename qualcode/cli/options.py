@@ -17,8 +17,8 @@ force_option = click.option(
 
 def guarded(output, inputs=(), force: bool = False, *, updates_labels: bool = False) -> None:
     """Check -o against the command's inputs and the analyst's labels (see
-    :func:`qualcode.tables.guard_output`); say where a backup went."""
-    from qualcode.tables import guard_output
+    :func:`qualcode.files.tables.guard_output`); say where a backup went."""
+    from qualcode.files.tables import guard_output
 
     backup = guard_output(output, inputs, force=force, updates_labels=updates_labels)
     if backup is not None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from qualcode.errors import QualcodeError
-from qualcode.tables import (
+from qualcode.files.tables import (
     check_file,
     check_text_lengths,
     check_zip_container,

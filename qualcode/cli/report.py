@@ -1,5 +1,6 @@
-"""``qualcode report`` and ``qualcode export``: click skins over :mod:`qualcode.report` and
-:mod:`qualcode.export` (registered in :mod:`qualcode.cli`). No logic lives here."""
+"""``qualcode report`` and ``qualcode export``: click skins over
+:mod:`qualcode.reporting.report` and :mod:`qualcode.reporting.export` (registered in
+:mod:`qualcode.cli`). No logic lives here."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from qualcode.cli_options import force_option, guarded
+from qualcode.cli.options import force_option, guarded
 from qualcode.codebook import CODEBOOK_HELP
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from qualcode.codebook import Codebook
-    from qualcode.pseudonymise import Pseudonymiser
+    from qualcode.files.pseudonymise import Pseudonymiser
 
 __all__ = ["export", "report"]
 
@@ -55,7 +56,7 @@ def _table_options(output_help: str) -> Callable[[Callable[..., Any]], Callable[
 
 
 def _pseudonymiser(pseudonymise: bool, names: Path | None) -> Pseudonymiser | None:
-    from qualcode.pseudonymise import Pseudonymiser
+    from qualcode.files.pseudonymise import Pseudonymiser
 
     if not pseudonymise and names is None:
         return None
@@ -66,7 +67,7 @@ def _read(
     source: Path, codebook: Path | None, output: Path, force: bool, others: Any = ()
 ) -> tuple[pd.DataFrame, Codebook]:
     from qualcode.codebook import find_codebook
-    from qualcode.tables import read_table
+    from qualcode.files.tables import read_table
 
     guarded(output, [source, *([codebook] if codebook else []), *others], force)
     book = find_codebook(codebook)
@@ -130,7 +131,7 @@ def report(
     `-o report.html` it writes one HTML file that opens offline; with a directory it also
     writes report.md, theme_counts.csv, the charts as PNG, coded_segments.xlsx and codes.qdpx.
     """
-    from qualcode.report import report as run_report
+    from qualcode.reporting.report import report as run_report
 
     table, book = _read(source, codebook, output, force, [*sources, *([names] if names else [])])
     result = run_report(
@@ -164,7 +165,7 @@ def export() -> None:
 @_privacy_options
 def export_xlsx(source, codebook, output, force, pseudonymise, names) -> None:
     """A summary sheet, all segments with a 0/1 column per theme, and one sheet per theme."""
-    from qualcode.export import write_workbook
+    from qualcode.reporting.export import write_workbook
 
     table, book = _read(source, codebook, output, force, [names] if names else [])
     result = write_workbook(table, book, output, pseudonymiser=_pseudonymiser(pseudonymise, names))
@@ -188,7 +189,7 @@ def export_qdpx(
     source, codebook, output, force, sources, accepted_only, pseudonymise, names
 ) -> None:
     """A REFI-QDA project: the codebook as codes, documents as sources, segments coded."""
-    from qualcode.export import write_qdpx
+    from qualcode.reporting.export import write_qdpx
 
     table, book = _read(source, codebook, output, force, [*sources, *([names] if names else [])])
     result = write_qdpx(

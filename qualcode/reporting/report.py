@@ -1,7 +1,7 @@
 """Step 6: report what was coded — counts, charts, typical quotes and the segments to review.
 
 Input is a predictions table from ``qualcode classify`` or a labels table (see
-:mod:`qualcode.coded`). :func:`report` writes either one self-contained HTML file (output
+:mod:`qualcode.files.coded`). :func:`report` writes either one self-contained HTML file (output
 ending in ``.html``: inline CSS and charts, no external requests, so it opens on an offline
 machine) or a directory with:
 
@@ -19,9 +19,9 @@ machine) or a directory with:
 ``themes.png``, ``themes_by_<by>.png``
     the charts (the second only with more than one group).
 ``coded_segments.xlsx``, ``codes.qdpx``
-    the exports of :mod:`qualcode.export`.
+    the exports of :mod:`qualcode.reporting.export`.
 
-With a :class:`~qualcode.pseudonymise.Pseudonymiser`, personal data is replaced everywhere.
+With a :class:`~qualcode.files.pseudonymise.Pseudonymiser`, personal data is replaced everywhere.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from typing import Any
 import pandas as pd
 
 from qualcode.codebook import Codebook
-from qualcode.coded import (
-    PROVENANCE,
+from qualcode.errors import QualcodeError
+from qualcode.files.coded import PROVENANCE
+from qualcode.files.pseudonymise import Pseudonymiser
+from qualcode.files.tables import atomic_write_bytes, atomic_write_text, staged_folder, write_table
+from qualcode.reporting.coded import (
     TOTAL,
     CodedTable,
     count_themes,
@@ -55,10 +58,7 @@ from qualcode.coded import (
     theme_counts,
     theme_scores,
 )
-from qualcode.errors import QualcodeError
-from qualcode.export import PALETTE, theme_color, write_qdpx, write_workbook
-from qualcode.pseudonymise import Pseudonymiser
-from qualcode.tables import atomic_write_bytes, atomic_write_text, staged_folder, write_table
+from qualcode.reporting.export import PALETTE, theme_color, write_qdpx, write_workbook
 
 __all__ = ["ReportResult", "exemplar_quotes", "report", "theme_counts"]
 
@@ -815,7 +815,7 @@ def report(
     ``.html``, else a directory (created) with the HTML, Markdown, counts, charts and exports.
 
     ``table`` is a predictions or labels table (every cell a string, as
-    :func:`qualcode.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
+    :func:`qualcode.files.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
     metadata column (``None``: ``document`` when present); ``source_name`` names the input file
     in the report; ``sources`` (or documents found by name in the ``near`` folders) are the
     segmented documents for the REFI-QDA export. Bad input

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qualcode.errors import QualcodeError
-from qualcode.tables import read_text
+from qualcode.files.tables import read_text
 
 __all__ = ["KINDS", "Match", "Pseudonymiser", "luhn_valid", "read_names"]
 

@@ -39,7 +39,6 @@ __all__ = [
     "file_sha256",
     "guard_output",
     "holds_labels",
-    "labels_lock",
     "lock_beside",
     "read_segments_table",
     "read_table",
@@ -728,9 +727,6 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-LABELS_LOCK_TIMEOUT = 10.0  # seconds a command waits for a labels file in use
-
-
 def lock_beside(path: str | os.PathLike[str]) -> Any:
     """The inter-process lock of ``path``: a hidden ``.<name>.lock`` file beside it, released by
     the OS if the holder is killed."""
@@ -738,34 +734,6 @@ def lock_beside(path: str | os.PathLike[str]) -> Any:
 
     path = Path(path)
     return FileLock(str(path.with_name(f".{path.name}.lock")))
-
-
-@contextlib.contextmanager
-def labels_lock(
-    path: str | os.PathLike[str], *, timeout: float = LABELS_LOCK_TIMEOUT
-) -> Iterator[None]:
-    """Hold the lock that every writer of a labels file takes (the labeller, ``label --import``,
-    ``review apply``); a killed ``review apply`` is completed first. Another holder for
-    ``timeout`` seconds is an error."""
-    from filelock import Timeout
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = lock_beside(path)
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise QualcodeError(
-            f"{path.name!r} is in use (a labelling session, `label --import` or `review apply`); "
-            "finish that first. Nothing was written."
-        ) from None
-    try:
-        from qualcode.review import finish_pending_apply
-
-        finish_pending_apply(path)
-        yield
-    finally:
-        lock.release()
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

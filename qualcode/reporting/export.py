@@ -14,7 +14,7 @@
     the document's own text; otherwise (or for survey exports) its segments laid out one per
     paragraph. GUIDs are uuid5 of theme ids, documents and segment ids, so re-exports are stable.
 
-Both take a :class:`~qualcode.pseudonymise.Pseudonymiser` to replace personal data first.
+Both take a :class:`~qualcode.files.pseudonymise.Pseudonymiser` to replace personal data first.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from xml.etree import ElementTree as ET
 import pandas as pd
 
 from qualcode.codebook import Codebook
-from qualcode.coded import (
-    MODEL_PREFIX,
-    PREDICTION_COLUMNS,
-    PROVENANCE,
+from qualcode.errors import QualcodeError
+from qualcode.files.coded import MODEL_PREFIX, PREDICTION_COLUMNS, PROVENANCE
+from qualcode.files.pseudonymise import Pseudonymiser
+from qualcode.files.tables import atomic_write_bytes, sheet_name, xlsx_bytes
+from qualcode.reporting.coded import (
     TOTAL,
     CodedTable,
     as_coded,
@@ -46,10 +47,7 @@ from qualcode.coded import (
     read_coded,
     theme_scores,
 )
-from qualcode.errors import QualcodeError
-from qualcode.pseudonymise import Pseudonymiser
-from qualcode.segment import TEXT_SUFFIXES, DocumentText
-from qualcode.tables import atomic_write_bytes, sheet_name, xlsx_bytes
+from qualcode.segmentation import TEXT_SUFFIXES, DocumentText
 
 __all__ = [
     "PALETTE",

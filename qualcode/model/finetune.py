@@ -2,7 +2,7 @@
 
 Segments of the same theme are pulled together and segments of different themes pushed apart
 (cosine-similarity loss on balanced positive/negative pairs); the theme head is then fit afresh on
-the new embeddings by :class:`~qualcode.classifier.ThemeClassifier`. The word-embedding matrix
+the new embeddings by :class:`~qualcode.model.classifier.ThemeClassifier`. The word-embedding matrix
 (most of a multilingual model's parameters) stays frozen.
 
 Pairs are scored in-batch: each step embeds a class-balanced batch of segments once and scores
@@ -156,7 +156,7 @@ def finetune_encoder(
     if len(texts) != len(themes):
         raise QualcodeError(f"{len(texts)} texts but {len(themes)} themes to fine-tune on")
     if codebook is not None and use_codebook:
-        from qualcode.classifier import prototype_texts
+        from qualcode.model.classifier import prototype_texts
 
         extra_texts, extra_themes = prototype_texts(codebook)
         texts, themes = texts + extra_texts, themes + extra_themes

@@ -1,4 +1,4 @@
-"""``qualcode label`` and ``qualcode review``: click skins over :mod:`qualcode.label` and
+"""``qualcode label`` and ``qualcode review``: click skins over :mod:`qualcode.labelling` and
 :mod:`qualcode.review` (registered in :mod:`qualcode.cli`). No logic lives here."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from qualcode.cli_options import force_option, guarded
+from qualcode.cli.options import force_option, guarded
 from qualcode.codebook import CODEBOOK_HELP
 
 __all__ = ["apply", "label", "review"]
@@ -100,15 +100,15 @@ def label(
       qualcode label --template SEGMENTS.csv --codebook C.yaml -o to_label.xlsx
       qualcode label --import to_label.xlsx --codebook C.yaml -o labels.csv
     """
+    from qualcode.cli.labeller import Labeller
     from qualcode.codebook import find_codebook, load_codebook
-    from qualcode.label import (
-        Labeller,
+    from qualcode.labelling import (
         import_template,
         most_helpful_first,
         read_segments,
         write_template,
     )
-    from qualcode.train import load_model
+    from qualcode.model.storage import load_model
 
     model = None
     if model_dir is not None:

@@ -19,10 +19,11 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from qualcode.classify import DEFAULT_TARGET_ACCURACY, code_batch
+from qualcode.classification import code_batch
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
-from qualcode.train import fit_classifier, prepare_labels
+from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
+from qualcode.training import fit_classifier, prepare_labels
 
 COVERAGE_LEVELS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 

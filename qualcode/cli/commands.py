@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from qualcode.cli_options import excel_option, force_option, guarded, quiet_option
+from qualcode.cli.options import excel_option, force_option, guarded, quiet_option
 from qualcode.codebook import CODEBOOK_HELP
 from qualcode.errors import QualcodeError
 
@@ -54,8 +54,8 @@ def cli() -> None:
 @force_option
 def segment(paths, output, unit, column, excel, force) -> None:
     """Split documents or survey exports into codable segments with provenance."""
-    from qualcode.segment import segment as run_segment
-    from qualcode.tables import write_table
+    from qualcode.files.tables import write_table
+    from qualcode.segmentation import segment as run_segment
 
     guarded(output, paths, force)
     segments = run_segment(paths, unit=unit, column=column)
@@ -79,11 +79,11 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
     Several files (e.g. the seed set, then labels from a batch) are read in order; where a
     segment is labelled twice, the last answer counts.
     """
-    from qualcode.classify import DEFAULT_TARGET_ACCURACY
     from qualcode.codebook import find_codebook
-    from qualcode.tables import refuse_own_input
-    from qualcode.train import read_label_files
-    from qualcode.train import train as run_train
+    from qualcode.files.tables import refuse_own_input
+    from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
+    from qualcode.training import read_label_files
+    from qualcode.training import train as run_train
 
     refuse_own_input(output, [*labels, *([codebook] if codebook else [])])  # -o is a folder
     book = find_codebook(codebook)
@@ -150,10 +150,10 @@ def classify(
     quiet,
 ):
     """Classify segments (a segments CSV or documents) with a trained model."""
-    from qualcode.classify import classify as run_classify
-    from qualcode.classify import read_inputs, review_summary, summarize, write_predictions
+    from qualcode.classification import classify as run_classify
+    from qualcode.classification import read_inputs, review_summary, summarize, write_predictions
     from qualcode.codebook import load_codebook
-    from qualcode.train import load_model
+    from qualcode.model.storage import load_model
 
     guarded(output, [*inputs, *([codebook] if codebook else [])], force)
     model = load_model(model_dir, load_codebook(codebook) if codebook else None)
@@ -191,10 +191,10 @@ def evaluate(
     labels, codebook, folds, encoder, multi_label, finetune, target_accuracy, seed, as_json, quiet
 ):
     """Cross-validate training on LABELS: macro-F1, per-theme scores, confusion, coverage."""
-    from qualcode.classify import DEFAULT_TARGET_ACCURACY
     from qualcode.codebook import load_codebook
-    from qualcode.evaluate import evaluate as run_evaluate
-    from qualcode.train import read_labels
+    from qualcode.evaluation import evaluate as run_evaluate
+    from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
+    from qualcode.training import read_labels
 
     book = load_codebook(codebook)
     result = run_evaluate(
@@ -243,8 +243,8 @@ def demo(output, model_dir, quiet) -> None:
 
 def _register_steps() -> None:
     # label, review, report and export live in their own CLI modules to keep this file short.
-    from qualcode.cli_label_review import label, review
-    from qualcode.cli_report import export, report
+    from qualcode.cli.label_review import label, review
+    from qualcode.cli.report import export, report
 
     for command in (label, review, report, export):
         cli.add_command(command)

@@ -21,8 +21,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import normalize
 from sklearn.utils.validation import check_is_fitted
 
-from qualcode.encoders import BUNDLED, TFIDF, CharNgramEncoder, embed, load_encoder
 from qualcode.errors import QualcodeError
+from qualcode.model.encoders import (
+    BUNDLED,
+    TFIDF,
+    CharNgramEncoder,
+    embed,
+    encoder_identity,
+    load_encoder,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -65,6 +72,13 @@ def register_encoder(name: str, model: SentenceTransformer) -> None:
 def forget_encoder(name: str) -> None:
     """Drop a registered encoder (frees a fine-tuned model's memory)."""
     _ENCODERS.pop(name, None)
+
+
+def register_finetuned(encoder: SentenceTransformer) -> str:
+    """Register a fine-tuned encoder in memory under a name of its weights; return the name."""
+    name = f"finetuned:{encoder_identity(encoder)}"
+    register_encoder(name, encoder)
+    return name
 
 
 @dataclass
