@@ -6,7 +6,7 @@ review rule) and predicts the held-out fold, so the figures are honest estimates
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 from qualcode.classification import code_batch
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
-from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
-from qualcode.training import fit_classifier, prepare_labels
+from qualcode.training import TrainingSettings, fit_classifier, prepare_labels
 
 COVERAGE_LEVELS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -105,19 +104,17 @@ class Evaluation:
 def evaluate(
     labels: pd.DataFrame,
     codebook: Codebook,
+    settings: TrainingSettings | None = None,
     *,
     folds: int = 5,
-    encoder: str | None = None,
-    multi_label: bool = False,
-    finetune: bool = False,
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    seed: int = 0,
     adapt: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> Evaluation:
-    """Stratified ``folds``-fold nested cross-validation of ``qualcode train`` on ``labels``;
-    with ``adapt`` each held-out fold is coded as ``classify`` codes a batch (learning from it
-    first)."""
+    """Stratified ``folds``-fold nested cross-validation of ``qualcode train`` on ``labels``
+    (``options``: :class:`~qualcode.training.TrainingSettings` fields); with ``adapt`` each
+    held-out fold is coded as ``classify`` codes a batch (learning from it first)."""
+    settings = replace(settings or TrainingSettings(), **options)
     labels = prepare_labels(labels, codebook)
     texts = labels["text"].astype(str).tolist()
     themes = labels["theme"].astype(str).tolist()
@@ -132,22 +129,18 @@ def evaluate(
         )
     proba = np.zeros((len(texts), len(classes)))
     flagged = np.zeros(len(texts), dtype=bool)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
     for train_idx, test_idx in splitter.split(np.zeros(len(truth)), truth):
         clf, rule = fit_classifier(
             [texts[i] for i in train_idx],
             [themes[i] for i in train_idx],
             codebook,
-            encoder=encoder,
-            multi_label=multi_label,
-            finetune=finetune,
-            target_accuracy=target_accuracy,
-            seed=seed,
+            settings,
             progress=progress,
         )
         coded = code_batch(clf, rule, [texts[i] for i in test_idx], adapt=adapt)
         proba[test_idx], flagged[test_idx] = coded.proba, coded.flags
-    return Evaluation(classes, truth, proba, flagged, k, target_accuracy)
+    return Evaluation(classes, truth, proba, flagged, k, settings.target_accuracy)
 
 
 def cross_val_proba(

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qualcode.errors import QualcodeError
-from qualcode.files.labels import finish_pending_apply, labels_lock
+from qualcode.files.labels import finish_pending_apply, labels_lock, last_answers
 from qualcode.files.tables import (
     append_row_durably,
     atomic_write_bytes,
@@ -153,7 +153,7 @@ def latest_answers(labels: pd.DataFrame) -> pd.DataFrame:
     """The last row per (segment_id, coder): the answers that count."""
     if labels.empty:
         return labels
-    return labels.drop_duplicates(["segment_id", "coder"], keep="last")
+    return last_answers(labels, "segment_id", "coder")
 
 
 # --------------------------------------------------------------------------- the labels file

@@ -24,7 +24,6 @@ it backs the file up, updates or appends rows (never drops one) and appends each
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,14 @@ import pandas as pd
 
 from qualcode.agreement import agreement_table
 from qualcode.errors import QualcodeError
-from qualcode.files.coded import column_text, model_column, parse_confidence
-from qualcode.files.labels import audit_path, labels_lock, write_with_audit
+from qualcode.files.coded import column_text, model_column, parse_confidence, parse_flags
+from qualcode.files.labels import (
+    audit_path,
+    labels_lock,
+    last_answers,
+    segment_keys,
+    write_with_audit,
+)
 from qualcode.files.tables import (
     backup_file,
     file_sha256,
@@ -71,18 +76,6 @@ TAIL_COLUMNS = (
     "labels_sha256",
 )
 _HASH_PREFIX = "sha256:"
-_TRUE = {"true", "1", "yes", "ja", "sant"}
-
-
-def _text_key(text: str) -> str:
-    return "text:" + hashlib.sha1(str(text).encode("utf-8")).hexdigest()[:16]
-
-
-def segment_keys(table: pd.DataFrame) -> list[str]:
-    """How segments are matched across files: ``segment_id``, or a hash of the text when a
-    file has no id."""
-    ids = table["segment_id"] if "segment_id" in table.columns else pd.Series([""] * len(table))
-    return [i.strip() or _text_key(t) for i, t in zip(ids.astype(str), table["text"].astype(str))]
 
 
 # --------------------------------------------------------------------------- reading labels
@@ -127,7 +120,7 @@ def _read_coded(paths: Sequence[str | Path], codebook: Codebook) -> _Coded:
             }
         )
         frame = frame[[bool(t) for t in frame["themes"]]]  # skipped / unlabelled rows
-        frames.append(frame.drop_duplicates(["key", "coder"], keep="last"))
+        frames.append(last_answers(frame, "key", "coder"))
         hashes.append(_HASH_PREFIX + file_sha256(path))
     rows = pd.concat(frames, ignore_index=True)
     if rows.empty:
@@ -149,18 +142,15 @@ def _read_predictions(path: str | Path, codebook: Codebook) -> pd.DataFrame:
             "confidence": parse_confidence(
                 column_text(table, model_column(table, "confidence")), spreadsheet_rows(table)
             ),
-            "flagged": [
-                str(v).strip().lower() in _TRUE
-                for v in table.get(
-                    model_column(table, "needs_review"), pd.Series([""] * len(table))
-                )
-            ],
+            "flagged": parse_flags(
+                column_text(table, model_column(table, "needs_review")), spreadsheet_rows(table)
+            ),
             "text": table["text"],
             "document": table.get("document", pd.Series([""] * len(table))),
             "section": table.get("section", pd.Series([""] * len(table))),
         }
     )
-    return out[out["theme"] != ""].drop_duplicates("key", keep="last")
+    return last_answers(out[out["theme"] != ""], "key")
 
 
 # --------------------------------------------------------------------------- label errors

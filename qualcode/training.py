@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,12 @@ from sklearn.model_selection import StratifiedKFold
 
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
+from qualcode.files.labels import last_answers, segment_keys
 from qualcode.files.tables import check_text_lengths, read_table
 from qualcode.model.classifier import (
     ThemeClassifier,
     fit_temperature,
-    forget_encoder,
     get_encoder,
-    register_finetuned,
     softmax,
 )
 from qualcode.model.encoders import BUNDLED, TFIDF, encoder_identity
@@ -57,6 +57,18 @@ FINETUNED_PRIOR_WEIGHT = 0.25
 CROSSFIT_FOLDS = 2
 
 
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a theme model is trained: one object that ``train``, ``evaluate`` and the labeller's
+    background retraining pass along (the CLI's ``train`` and ``evaluate`` options)."""
+
+    encoder: str | None = None  # e5-small (bundled), tfidf, or a sentence-transformers model
+    multi_label: bool = False
+    finetune: bool = False
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY
+    seed: int = 0
+
+
 def read_labels(path: str | Path, codebook: Codebook) -> pd.DataFrame:
     """Read a labels CSV/XLSX, resolve themes against the codebook, drop unlabelled rows; a
     segment answered twice counts with its last answer (see :func:`read_label_files`)."""
@@ -77,13 +89,11 @@ def read_label_files(paths: list[str | Path], codebook: Codebook) -> pd.DataFram
         tables.append(table)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     table = table.fillna("")  # files with different columns leave gaps, not NaN keys
-    ids = table["segment_id"].astype(str) if "segment_id" in table.columns else None
-    key = table["text"].astype(str).str.strip()
-    if ids is not None:
-        key = ids.where(ids.str.strip() != "", key)
-    if "coder" in table.columns:
-        key = key + "\x1f" + table["coder"].astype(str).str.strip()
-    table = table[~key.duplicated(keep="last")]
+    keyed = table.assign(
+        _key=segment_keys(table),
+        _coder=table["coder"].astype(str).str.strip() if "coder" in table.columns else "",
+    )
+    table = last_answers(keyed, "_key", "_coder").drop(columns=["_key", "_coder"])
     return prepare_labels(table, codebook, source=", ".join(str(p) for p in paths))
 
 
@@ -169,19 +179,16 @@ def _crossfit(
             seed=seed + 1 + j,
             progress=progress,
         )
-        name = register_finetuned(encoder)
-        try:
-            head = ThemeClassifier(
-                encoder=name,
-                codebook=codebook,
-                C=clf.C_,
-                prior_weight=clf.prior_weight_,
-                lexical_weight=clf.lexical_weight_,
-                random_state=seed,
-            ).fit(train_texts, train_themes)
-            logits[test] = head.decision_function([texts[i] for i in test])
-        finally:
-            forget_encoder(name)
+        head = ThemeClassifier(
+            encoder=encoder,
+            codebook=codebook,
+            C=clf.C_,
+            prior_weight=clf.prior_weight_,
+            lexical_weight=clf.lexical_weight_,
+            random_state=seed,
+        ).fit(train_texts, train_themes)
+        logits[test] = head.decision_function([texts[i] for i in test])
+        del head, encoder  # one fine-tuned copy in memory at a time
     clf.temperature_ = fit_temperature(logits, y)
     clf.oof_proba_ = softmax(logits / clf.temperature_)
     clf.oof_target_ = y
@@ -193,15 +200,16 @@ def fit_classifier(
     texts: list[str],
     themes: list[str],
     codebook: Codebook | None,
+    settings: TrainingSettings | None = None,
     *,
-    encoder: str | None = None,
-    multi_label: bool = False,
-    finetune: bool = False,
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> tuple[ThemeClassifier, ReviewRule]:
-    """Fit a :class:`ThemeClassifier` and choose its review rule from cross-validation."""
+    """Fit a :class:`ThemeClassifier` and choose its review rule from cross-validation.
+    ``options`` are :class:`TrainingSettings` fields, overriding ``settings``."""
+    settings = replace(settings or TrainingSettings(), **options)
+    encoder, multi_label, finetune = settings.encoder, settings.multi_label, settings.finetune
+    target_accuracy, seed = settings.target_accuracy, settings.seed
     if finetune and multi_label:
         raise QualcodeError(
             "--finetune cannot be combined with --multi-label yet: the review flags would come "
@@ -209,15 +217,14 @@ def fit_classifier(
         )
     first = [t.split(";")[0] for t in themes]  # the dominant theme of each segment
     y: list[Any] = [t.split(";") for t in themes] if multi_label else first
-    encoder_name = encoder
-    finetuned = None
+    handle: Any = encoder
     if finetune:
         from qualcode.model.finetune import finetune_encoder
 
         base = None if encoder in (None, BUNDLED) else encoder
         if encoder == TFIDF:
             raise QualcodeError("--finetune needs a sentence-transformers encoder, not tfidf")
-        finetuned = finetune_encoder(
+        handle = finetune_encoder(
             get_encoder(base),
             texts,
             first,
@@ -225,21 +232,19 @@ def fit_classifier(
             seed=seed,
             progress=progress,
         )
-        encoder_name = register_finetuned(finetuned)
     fixed = (
         {"C": FINETUNED_HEAD_C, "prior_weight": FINETUNED_PRIOR_WEIGHT, "lexical_weight": 0.0}
         if finetune
         else {}
     )
     clf = ThemeClassifier(
-        encoder=encoder_name,
+        encoder=handle,
         codebook=codebook,
         multi_label=multi_label,
         random_state=seed,
         progress=progress,
         **fixed,
     ).fit(texts, y)
-    clf.finetuned_encoder_ = finetuned
     if finetune and not multi_label:
         _crossfit(clf, texts, first, codebook, base, seed, progress)
     confidence, correct = review_evidence(clf) or (None, None)
@@ -250,29 +255,20 @@ def fit_classifier(
 def train(
     labels: pd.DataFrame,
     codebook: Codebook,
+    settings: TrainingSettings | None = None,
     *,
-    encoder: str | None = None,
-    multi_label: bool = False,
-    finetune: bool = False,
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> ThemeModel:
-    """Train a theme model on a labels table (see the module docstring for the contract)."""
+    """Train a theme model on a labels table (see the module docstring for the contract).
+    ``options`` are :class:`TrainingSettings` fields, e.g. ``train(labels, codebook,
+    encoder="tfidf")``."""
+    settings = replace(settings or TrainingSettings(), **options)
+    encoder, multi_label, finetune = settings.encoder, settings.multi_label, settings.finetune
     labels = prepare_labels(labels, codebook)
     texts = labels["text"].astype(str).tolist()
     themes = labels["theme"].astype(str).tolist()
-    clf, rule = fit_classifier(
-        texts,
-        themes,
-        codebook,
-        encoder=encoder,
-        multi_label=multi_label,
-        finetune=finetune,
-        target_accuracy=target_accuracy,
-        seed=seed,
-        progress=progress,
-    )
+    clf, rule = fit_classifier(texts, themes, codebook, settings, progress=progress)
     correct = correct_predictions(clf)
     if clf.encoder == TFIDF:
         identity = TFIDF

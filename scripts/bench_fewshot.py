@@ -32,7 +32,6 @@ from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
 from qualcode.classification import classify  # noqa: E402
 from qualcode.codebook import Codebook, parse_codebook  # noqa: E402
-from qualcode.model.classifier import forget_encoder  # noqa: E402
 from qualcode.model.encoders import TFIDF  # noqa: E402
 from qualcode.model.storage import ThemeModel, review_evidence
 from qualcode.training import fit_classifier
@@ -85,11 +84,10 @@ def run_one(
     seed: int,
     target_accuracy: float,
     encoder: str | None = None,
-    keep_encoder: bool = False,
 ) -> tuple[pd.DataFrame, ThemeModel, float]:
     """Train with the library, classify the evaluation split; (predictions, model, seconds).
     ``encoder`` is any sentence-transformers name or directory (default: the bundled e5-small).
-    A fine-tuned encoder is freed afterwards unless ``keep_encoder`` (the model needs it)."""
+    A fine-tuned encoder lives as long as the model that holds it."""
     ids = {c: slug(c) for c in train["category"].unique()} if codebook else None
     themes = [ids[c] if ids else c for c in train["category"]]
     start = time.perf_counter()
@@ -106,8 +104,6 @@ def run_one(
     model = ThemeModel(clf, codebook, rule, review_evidence=review_evidence(clf))  # type: ignore[arg-type]
     predictions = classify(model, evaluation[["text"]], progress=False)
     seconds = time.perf_counter() - start
-    if method == "finetune" and not keep_encoder:  # free the fine-tuned encoder (one per run)
-        forget_encoder(str(clf.encoder))
     return predictions, model, seconds
 
 
@@ -237,11 +233,9 @@ def main(argv: list[str] | None = None) -> None:
                 seed=seed,
                 target_accuracy=args.target_accuracy,
                 encoder=args.encoder,
-                keep_encoder=True,
             )
             tables.append(pd.DataFrame(review_table(model, evaluation, truth, targets)))
-            if args.review_method == "finetune":
-                forget_encoder(str(model.classifier.encoder))
+            del model  # a fine-tuned encoder is freed with its model
         table = pd.concat(tables).groupby("target").mean()
         print(
             f"\n## Review flags ({args.review_method}, all training data, mean of "

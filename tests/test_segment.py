@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,12 +11,19 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from qualcode.segmentation import SEGMENT_COLUMNS, segment, segment_text, split_sentences
+from qualcode.demo import skane_notes
+from qualcode.segmentation import (
+    SEGMENT_COLUMNS,
+    segment,
+    segment_id,
+    segment_text,
+    split_sentences,
+)
 
 from .conftest import error_of
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED_DIRS = [ROOT / "corpora" / "seeds", ROOT.parent / "shared" / "seeds"]
+SEEDS = ROOT / "corpora" / "seeds"
 SEED_NAMES = [
     "000_eec67be2146255fe.txt",
     "001_7f727ce3aee8fb1a.txt",
@@ -26,10 +34,9 @@ SEED_NAMES = [
 
 
 def seed(name: str) -> Path:
-    for directory in SEED_DIRS:
-        if (directory / name).is_file():
-            return directory / name
-    pytest.skip(f"seed {name} not available")
+    path = SEEDS / name
+    assert path.is_file(), f"{path} is part of the repository"
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,31 @@ def by_text(frame: pd.DataFrame, text: str) -> pd.Series:
     match = frame[frame["text"] == text]
     assert len(match) == 1, f"expected one segment {text!r}, got {len(match)}"
     return match.iloc[0]
+
+
+# --------------------------------------------------------------------------- golden ids
+
+# sha256 of the ids `qualcode segment` gives the five seed documents, one per line, in order.
+# Labels are joined to segments by these ids: a change here orphans every analyst's labels.
+GOLDEN_SEED_IDS = "435e9081fad3d11136ec0e91f0063f65171be61d2236648c07fec3f9bf3388bf"
+
+
+def test_segment_ids_of_the_seed_documents_are_golden():
+    ids = segment([seed(name) for name in SEED_NAMES])["segment_id"]
+    assert len(ids) == 274
+    assert hashlib.sha256("\n".join(ids).encode()).hexdigest() == GOLDEN_SEED_IDS
+
+
+def test_label_files_ids_are_what_the_segmenter_gives():
+    labels = pd.read_csv(ROOT / "corpora" / "labels" / "seed_set.csv", dtype=str)
+    labels = labels.fillna("")
+    recomputed = [
+        segment_id(d, s, t)
+        for d, s, t in zip(labels["document"], labels["section"], labels["text"])
+    ]
+    assert recomputed == labels["segment_id"].tolist()
+    dev = pd.read_csv(ROOT / "corpora" / "labels" / "notes_dev.csv", dtype=str)
+    assert skane_notes(ROOT / "corpora")["segment_id"].tolist() == dev["segment_id"].tolist()
 
 
 # --------------------------------------------------------------------------- seed 001

@@ -10,25 +10,18 @@ from pathlib import Path
 
 import click
 
-from qualcode.cli.options import excel_option, force_option, guarded, quiet_option
+from qualcode.cli.options import (
+    excel_option,
+    force_option,
+    guarded,
+    quiet_option,
+    target_option,
+    training_options,
+)
 from qualcode.codebook import CODEBOOK_HELP
 from qualcode.errors import QualcodeError
 
 EXIT_BAD_INPUT = 2
-
-encoder_option = click.option(
-    "--encoder",
-    default=None,
-    metavar="NAME_OR_PATH",
-    help="e5-small (bundled, default), tfidf (baseline), or any sentence-transformers model.",
-)
-target_option = click.option(
-    "--target-accuracy",
-    type=float,
-    default=None,
-    help="Flag segments for review so that the unflagged ones reach this accuracy "
-    "(chosen from cross-validation). Default 0.9.",
-)
 
 
 def _echo_table(frame, quiet: bool) -> None:
@@ -67,13 +60,9 @@ def segment(paths, output, unit, column, excel, force) -> None:
 @click.argument("labels", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--codebook", default=None, type=click.Path(path_type=Path), help=CODEBOOK_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model dir.")
-@encoder_option
-@click.option("--multi-label", is_flag=True, help="Segments may carry several themes.")
-@click.option("--finetune", is_flag=True, help="Fine-tune the encoder on the labels first.")
-@target_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@training_options
 @quiet_option
-def train(labels, codebook, output, encoder, multi_label, finetune, target_accuracy, seed, quiet):
+def train(labels, codebook, output, settings, quiet):
     """Train a theme model on one or more LABELS files (columns text, theme).
 
     Several files (e.g. the seed set, then labels from a batch) are read in order; where a
@@ -81,23 +70,13 @@ def train(labels, codebook, output, encoder, multi_label, finetune, target_accur
     """
     from qualcode.codebook import find_codebook
     from qualcode.files.tables import refuse_own_input
-    from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
     from qualcode.training import read_label_files
     from qualcode.training import train as run_train
 
     refuse_own_input(output, [*labels, *([codebook] if codebook else [])])  # -o is a folder
     book = find_codebook(codebook)
     table = read_label_files(list(labels), book)
-    model = run_train(
-        table,
-        book,
-        encoder=encoder,
-        multi_label=multi_label,
-        finetune=finetune,
-        target_accuracy=target_accuracy or DEFAULT_TARGET_ACCURACY,
-        seed=seed,
-        progress=not quiet,
-    )
+    model = run_train(table, book, settings, progress=not quiet)
     model.save(output)
     click.echo(f"{model.describe()} → {output}", err=True)
 
@@ -180,32 +159,21 @@ def classify(
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.option("--codebook", required=True, type=click.Path(path_type=Path))
 @click.option("--folds", type=int, default=5, show_default=True)
-@encoder_option
-@click.option("--multi-label", is_flag=True)
-@click.option("--finetune", is_flag=True)
-@target_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @quiet_option
-def evaluate(
-    labels, codebook, folds, encoder, multi_label, finetune, target_accuracy, seed, as_json, quiet
-):
+def evaluate(labels, codebook, folds, settings, as_json, quiet):
     """Cross-validate training on LABELS: macro-F1, per-theme scores, confusion, coverage."""
     from qualcode.codebook import load_codebook
     from qualcode.evaluation import evaluate as run_evaluate
-    from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
     from qualcode.training import read_labels
 
     book = load_codebook(codebook)
     result = run_evaluate(
         read_labels(labels, book),
         book,
+        settings,
         folds=folds,
-        encoder=encoder,
-        multi_label=multi_label,
-        finetune=finetune,
-        target_accuracy=target_accuracy or DEFAULT_TARGET_ACCURACY,
-        seed=seed,
         progress=not (quiet or as_json),
     )
     if as_json:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables.")
@@ -23,3 +27,56 @@ def guarded(output, inputs=(), force: bool = False, *, updates_labels: bool = Fa
     backup = guard_output(output, inputs, force=force, updates_labels=updates_labels)
     if backup is not None:
         click.echo(f"the labels in {output} were backed up to {backup}", err=True)
+
+
+encoder_option = click.option(
+    "--encoder",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="e5-small (bundled, default), tfidf (baseline), or any sentence-transformers model.",
+)
+target_option = click.option(
+    "--target-accuracy",
+    type=float,
+    default=None,
+    help="Flag segments for review so that the unflagged ones reach this accuracy "
+    "(chosen from cross-validation). Default 0.9.",
+)
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--encoder``, ``--multi-label``, ``--finetune``, ``--target-accuracy`` and ``--seed``,
+    handed to the command as one ``settings`` (:class:`qualcode.training.TrainingSettings`)."""
+
+    @functools.wraps(command)
+    def with_settings(
+        *args: Any,
+        encoder: str | None,
+        multi_label: bool,
+        finetune: bool,
+        target_accuracy: float | None,
+        seed: int,
+        **kwargs: Any,
+    ) -> Any:
+        from qualcode.model.review_rule import DEFAULT_TARGET_ACCURACY
+        from qualcode.training import TrainingSettings
+
+        settings = TrainingSettings(
+            encoder=encoder,
+            multi_label=multi_label,
+            finetune=finetune,
+            target_accuracy=target_accuracy or DEFAULT_TARGET_ACCURACY,
+            seed=seed,
+        )
+        return command(*args, settings=settings, **kwargs)
+
+    options = [
+        encoder_option,
+        click.option("--multi-label", is_flag=True, help="Segments may carry several themes."),
+        click.option("--finetune", is_flag=True, help="Fine-tune the encoder on the labels first."),
+        target_option,
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        with_settings = option(with_settings)
+    return with_settings

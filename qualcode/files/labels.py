@@ -1,5 +1,6 @@
-"""The labels file's transactions: the lock every writer takes, the audit log of review
-decisions, and the write-ahead that makes ``review apply`` all-or-nothing.
+"""Labels files: how a segment is known across files, which answer counts, and the labels
+file's transactions (the lock every writer takes, the audit log of review decisions, and the
+write-ahead that makes ``review apply`` all-or-nothing).
 
 Audit log contract: ``<labels stem>.audit.csv`` beside the labels, one row per change
 (:data:`AUDIT_COLUMNS`), appended durably.
@@ -14,6 +15,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+
 from qualcode.errors import QualcodeError, crash_point
 from qualcode.files.tables import (
     append_row_durably,
@@ -23,6 +26,35 @@ from qualcode.files.tables import (
     lock_beside,
     read_table,
 )
+
+
+def segment_keys(table: pd.DataFrame) -> list[str]:
+    """How a segment is known across files: its ``segment_id``, or, in a file without ids, a
+    hash of its document, section and text (the columns it has)."""
+
+    def column(name: str) -> list[str]:
+        if name not in table.columns:
+            return [""] * len(table)
+        return table[name].fillna("").astype(str).tolist()
+
+    keys = []
+    for sid, document, section, text in zip(
+        column("segment_id"), column("document"), column("section"), column("text")
+    ):
+        if sid.strip():
+            keys.append(sid.strip())
+        else:
+            digest = hashlib.sha1(f"{document}\n{section}\n{text.strip()}".encode()).hexdigest()
+            keys.append(f"text:{digest[:16]}")
+    return keys
+
+
+def last_answers(table: pd.DataFrame, key: str, coder: str | None = None) -> pd.DataFrame:
+    """The answers that count: where a coder answered a segment more than once, the last row
+    (files in the order given, rows in file order: the labeller appends, undo rewrites). Rows
+    of different coders all count. ``key`` and ``coder`` name the columns."""
+    return table.drop_duplicates([key, coder] if coder else [key], keep="last")
+
 
 AUDIT_COLUMNS = (
     "resolved_at",

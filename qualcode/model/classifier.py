@@ -27,7 +27,6 @@ from qualcode.model.encoders import (
     TFIDF,
     CharNgramEncoder,
     embed,
-    encoder_identity,
     load_encoder,
 )
 
@@ -52,33 +51,20 @@ LEXICAL_NGRAMS = (3, 5)
 # are too few to learn from.
 ADAPT_SHARE = 0.5
 ADAPT_MIN = 10
-_ENCODERS: dict[str, SentenceTransformer] = {}
+# Encoders loaded by name, once per process: a model on disk does not change while we run, and
+# loading one takes seconds. An encoder held in memory (a fine-tuned one) is passed as itself.
+_LOADED: dict[str, SentenceTransformer] = {}
 
 
-def get_encoder(name: str | None) -> SentenceTransformer:
-    """Load a sentence encoder once per process (estimators are cloned often under CV)."""
-    key = name or BUNDLED
-    if key not in _ENCODERS:
-        _ENCODERS[key] = load_encoder(key)
-    return _ENCODERS[key]
-
-
-def register_encoder(name: str, model: SentenceTransformer) -> None:
-    """Make an in-memory encoder (e.g. a fine-tuned one) available to ``ThemeClassifier``
-    under ``name``."""
-    _ENCODERS[name] = model
-
-
-def forget_encoder(name: str) -> None:
-    """Drop a registered encoder (frees a fine-tuned model's memory)."""
-    _ENCODERS.pop(name, None)
-
-
-def register_finetuned(encoder: SentenceTransformer) -> str:
-    """Register a fine-tuned encoder in memory under a name of its weights; return the name."""
-    name = f"finetuned:{encoder_identity(encoder)}"
-    register_encoder(name, encoder)
-    return name
+def get_encoder(encoder: str | SentenceTransformer | None) -> SentenceTransformer:
+    """The encoder ``encoder`` names (loaded on first use), or ``encoder`` itself when it is a
+    loaded model."""
+    if encoder is not None and not isinstance(encoder, str):
+        return encoder
+    key = encoder or BUNDLED
+    if key not in _LOADED:
+        _LOADED[key] = load_encoder(key)
+    return _LOADED[key]
 
 
 @dataclass
@@ -146,8 +132,9 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    encoder : ``"e5-small"`` (bundled, default), ``"tfidf"`` (character n-gram baseline), or any
-        sentence-transformers model name or directory.
+    encoder : ``"e5-small"`` (bundled, default), ``"tfidf"`` (character n-gram baseline), any
+        sentence-transformers model name or directory, or a loaded model (a fine-tuned one is
+        held here, not in a registry).
     codebook : a :class:`~qualcode.codebook.Codebook`; its descriptions and examples are added as
         training examples (weight ``prototype_weight``) and every codebook theme becomes a class.
     C : inverse regularisation strength, or ``"auto"`` to choose it from ``C_GRID`` by stratified

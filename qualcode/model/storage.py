@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from qualcode.codebook import Codebook, load_codebook
 from qualcode.errors import QualcodeError, crash_point
 from qualcode.files.tables import lock_beside
-from qualcode.model.classifier import ThemeClassifier, get_encoder, register_finetuned
+from qualcode.model.classifier import ThemeClassifier, get_encoder
 from qualcode.model.encoders import (
     MANIFEST,
     TFIDF,
@@ -153,9 +153,8 @@ class ThemeModel:
         np.savez(out / "head.npz", **arrays)
         if clf.encoder == TFIDF:
             (out / "tfidf.json").write_text(json.dumps(clf.tfidf_.to_dict()))
-        encoder_dir = getattr(clf, "finetuned_encoder_", None)
-        if encoder_dir is not None:
-            encoder_dir.save(str(out / "encoder"))
+        if clf.encoder is not None and not isinstance(clf.encoder, str):  # fine-tuned, in memory
+            clf.encoder.save(str(out / "encoder"))
             write_manifest(out / "encoder")
         codebook_text = (
             self.codebook.path.read_text(encoding="utf-8")
@@ -315,9 +314,7 @@ def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
         if enc.get("finetuned"):
             from qualcode.model.encoders import load_encoder
 
-            model = load_encoder(directory / "encoder")
-            model._qualcode_identity = enc["identity"]
-            clf.encoder = register_finetuned(model)
+            clf.encoder = load_encoder(directory / "encoder")
         actual = encoder_identity(get_encoder(clf.encoder))
         if not enc.get("finetuned") and actual != enc["identity"]:
             raise QualcodeError(

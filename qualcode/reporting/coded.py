@@ -8,7 +8,6 @@ Input is a predictions table from ``qualcode classify`` (it has a ``confidence``
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from qualcode.files.coded import (
     parse_flags,
     parse_number,
 )
+from qualcode.files.labels import last_answers, segment_keys
 from qualcode.files.pseudonymise import Pseudonymiser
 from qualcode.files.tables import spreadsheet_rows
 
@@ -58,13 +58,6 @@ class CodedTable:
     @property
     def predictions(self) -> bool:
         return self.kind == "predictions"
-
-
-def _segment_key(segment_id: str, document: str, section: str, text: str) -> str:
-    if segment_id.strip():
-        return segment_id.strip()
-    digest = hashlib.sha1(f"{document}\n{section}\n{text}".encode()).hexdigest()[:16]
-    return f"text:{digest}"
 
 
 def _line_number(value: str) -> float:
@@ -125,17 +118,8 @@ def read_coded(
             f"{what} has no coded rows (every 'theme' or 'text' cell is empty); "
             "label some segments or give the predictions file."
         )
-    frame["_key"] = [
-        _segment_key(*values)
-        for values in zip(
-            column_text(frame, "segment_id"),
-            column_text(frame, "document"),
-            column_text(frame, "section"),
-            frame["text"],
-        )
-    ]
-    # For a (segment, coder) pair the last row counts (the labeller appends; undo rewrites).
-    frame = frame.drop_duplicates(["_key", "_coder"], keep="last")
+    frame["_key"] = segment_keys(frame)
+    frame = last_answers(frame, "_key", "_coder")
     if frame["_key"].is_unique:
         frame["_codings"] = [
             [(theme_id, who) for theme_id in ids]

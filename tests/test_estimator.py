@@ -1,0 +1,40 @@
+"""ThemeClassifier keeps scikit-learn's estimator contract: the checks of
+``sklearn.utils.estimator_checks`` that apply to an estimator of texts (run on the tf-idf
+encoder, with the checks' own data turned into strings)."""
+
+from __future__ import annotations
+
+import pytest
+import sklearn.utils.estimator_checks as checks
+
+from qualcode.model.classifier import ThemeClassifier
+
+CHECKS = (
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimators_unfitted",
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters",
+    "check_fit_check_is_fitted",
+    "check_estimators_dtypes",
+    "check_mixin_order",
+)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_sklearn_estimator_check(name):
+    getattr(checks, name)("ThemeClassifier", ThemeClassifier(encoder="tfidf"))
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_unfitted_model_says_so(multi_label):
+    from sklearn.exceptions import NotFittedError
+
+    clf = ThemeClassifier(encoder="tfidf", multi_label=multi_label)
+    for method in (clf.predict, clf.predict_proba, clf.decision_function):
+        with pytest.raises(NotFittedError):
+            method(["en text"])
