@@ -40,6 +40,7 @@ _EXPORTS = {
     "import_template": "qualcode.labelling",
     "read_labels": "qualcode.training",
     "train": "qualcode.training",
+    "TrainingSettings": "qualcode.training",
     "classify": "qualcode.classification",
     "evaluate": "qualcode.evaluation",
     "build_review": "qualcode.review",

@@ -56,6 +56,7 @@ def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_console_script_runs_and_reports_bad_input(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     ok = subprocess.run(
@@ -84,6 +85,7 @@ def test_console_script_runs_and_reports_bad_input(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_classify_writes_predictions_and_summary(capsys, model_dir, tmp_path):
     notes = CORPORA / "seeds" / "002_dcebba742a4ca32e.txt"
     out = tmp_path / "pred.csv"
@@ -152,6 +154,7 @@ def test_truncated_model_directory(capsys, tmp_path, model_dir):
 
 
 @pytest.mark.parametrize("dialect", ["semicolon-cp1252", "utf8-bom", "excel-flag"])
+@pytest.mark.slow
 def test_excel_files_are_read(capsys, tmp_path, small_labels, dialect):
     labels = tmp_path / "labels.csv"
     if dialect == "semicolon-cp1252":

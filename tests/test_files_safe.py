@@ -156,6 +156,7 @@ def test_a_coders_theme_column_survives_classification(capsys, tmp_path, model_d
     assert (rows["disagreement"] == "model_vs_coder").sum() == disagree
 
 
+@pytest.mark.slow
 def test_retrain_keeps_an_analysts_note_in_the_model_folder(capsys, tmp_path, small_labels):
     out = tmp_path / "model"
     out.mkdir()
@@ -324,6 +325,7 @@ def _docx_with(tmp_path: Path, name: str, document_xml: bytes, extra: dict | Non
     return path
 
 
+@pytest.mark.slow
 def test_hostile_documents_get_one_line(capsys, tmp_path):
     bomb = _docx_with(
         tmp_path, "bomb.docx", b"<w:document/>", {"word/big.xml": b"\0" * (420 * 2**20)}

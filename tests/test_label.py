@@ -142,6 +142,7 @@ def earlier(codebook) -> pd.DataFrame:
     return rows.assign(coder="seed", labelled_at="")[list(LABEL_COLUMNS)]
 
 
+@pytest.mark.slow
 def test_active_session_retrains_in_the_background(tmp_path, codebook, notes, earlier):
     """Scripted input, real encoder and classifier: once every theme has two labels (here from
     another coder's earlier rows) a model is trained in a background thread and its margins
@@ -204,6 +205,7 @@ def test_active_session_retrains_in_the_background(tmp_path, codebook, notes, ea
     assert skipped_before in headers[-1]
 
 
+@pytest.mark.slow
 def test_multi_label_session(tmp_path, codebook, notes, earlier):
     output = tmp_path / "labels.csv"
     write_table(earlier, output)
@@ -306,6 +308,7 @@ def next_prompt(child) -> tuple[str, str]:
 
 
 @pytest.mark.skipif(not QUALCODE.exists(), reason="needs the installed console script")
+@pytest.mark.slow
 def test_terminal_labeller_survives_kill_and_resumes(tmp_path, codebook, notes):
     output = tmp_path / "labels.csv"
     ids = read_segments(notes)["segment_id"].tolist()

@@ -91,6 +91,7 @@ def qualcode(*args: str) -> None:
 
 
 @pytest.mark.skipif(not QUALCODE.exists(), reason="needs the installed console script")
+@pytest.mark.slow
 def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
     codebook = load_codebook(CODEBOOK)
     report = segment([SKANE])

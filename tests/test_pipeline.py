@@ -52,6 +52,7 @@ def test_seed_set_is_a_real_labelled_set(labels, codebook):
     assert not set(notes["text"]) & set(labels["text"]), "demo batch leaked into the seed set"
 
 
+@pytest.mark.slow
 def test_classifier_is_a_scikit_learn_estimator(labels, codebook, encoder):
     texts = labels["text"].tolist()
     themes = labels["theme"].str.split(";").str[0].tolist()
@@ -119,6 +120,7 @@ def test_confidence_threshold_meets_target_on_its_evidence():
     assert confidence_threshold(confidence, ~correct & False, 0.5) > 1
 
 
+@pytest.mark.slow
 def test_nested_evaluation_is_honest_and_complete(labels, codebook):
     result = evaluate(labels, codebook, folds=3, progress=False)
     summary = result.summary()
@@ -179,6 +181,7 @@ def test_read_inputs_accepts_segment_tables_and_documents(tmp_path):
         read_inputs([dup])
 
 
+@pytest.mark.slow
 def test_tfidf_baseline_and_multi_label_round_trip(labels, codebook, tmp_path):
     primary = labels["theme"].str.split(";").str[0]
     subset = labels.groupby(primary, group_keys=False).head(8)
@@ -193,6 +196,7 @@ def test_tfidf_baseline_and_multi_label_round_trip(labels, codebook, tmp_path):
             assert "themes" in out.columns and out["themes"].str.len().min() > 0
 
 
+@pytest.mark.slow
 def test_demo_writes_predictions_and_report(tmp_path):
     from qualcode.demo import run_demo
 
