@@ -38,3 +38,30 @@ def test_unfitted_model_says_so(multi_label):
     for method in (clf.predict, clf.predict_proba, clf.decision_function):
         with pytest.raises(NotFittedError):
             method(["en text"])
+
+
+@pytest.mark.slow
+def test_multi_label_probabilities_are_calibrated(tmp_path):
+    """A multi-label theme probability of p means the theme is there about p of the time on
+    held-out segments, and survives save / load (it used to be the raw class-balanced head)."""
+    import numpy as np
+
+    from qualcode.codebook import load_codebook
+    from qualcode.model.storage import load_model
+    from qualcode.training import read_labels, train
+
+    from .conftest import ROOT
+
+    codebook = load_codebook(ROOT / "corpora" / "codebook.yaml")
+    labels = read_labels(ROOT / "corpora" / "labels" / "seed_set.csv", codebook)
+    model = train(labels, codebook, encoder="tfidf", multi_label=True, progress=False)
+    clf = model.classifier
+    P, Y = clf.oof_proba_, clf.oof_target_
+    assert abs(P.mean() - Y.mean()) < 0.01
+    likely = P >= 0.5
+    assert likely.sum() >= 30 and abs(P[likely].mean() - Y[likely].mean()) < 0.1
+    model.save(tmp_path / "m")
+    texts = labels["text"].tolist()[:20]
+    np.testing.assert_allclose(
+        load_model(tmp_path / "m").predict_proba(texts), model.predict_proba(texts), atol=1e-6
+    )

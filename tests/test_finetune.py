@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 THEMES = ("sports", "health", "travel", "politics")
 CODEBOOK_YAML = """\
@@ -138,11 +137,10 @@ def test_contrastive_batches_are_balanced_and_reproducible():
     assert counts.max() - counts.min() <= 3  # segments are visited evenly
 
 
-def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch):
-    """`qualcode train --finetune` writes the encoder into the model folder without touching
-    the base encoder; a saved fine-tuned model, loaded again, predicts what it did in memory."""
-    from qualcode.classification import classify
-    from qualcode.cli import cli
+def test_finetuned_model_save_load_classify_round_trip(tmp_path, monkeypatch):
+    """A fine-tuned model holds its encoder, writes it into the model folder without touching
+    the base encoder, and, loaded again, `qualcode classify` predicts what it did in memory."""
+    from qualcode.cli import main
     from qualcode.codebook import load_codebook
     from qualcode.model import finetune
     from qualcode.model.classifier import get_encoder
@@ -153,51 +151,49 @@ def test_cli_finetune_save_load_classify_round_trip(tmp_path, monkeypatch):
     monkeypatch.setattr(finetune, "DEFAULT_MAX_STEPS", 2)
     monkeypatch.setattr(finetune, "DEFAULT_MAX_SEQ_LENGTH", 48)
     labels = _subset(4)[["text", "category"]].rename(columns={"category": "theme"})
-    labels.to_csv(tmp_path / "labels.csv", index=False)
     (tmp_path / "codebook.yaml").write_text(CODEBOOK_YAML, encoding="utf-8")
     base = get_encoder(None)
     before = _state_hash(base)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            str(tmp_path / "labels.csv"),
-            "--codebook",
-            str(tmp_path / "codebook.yaml"),
-            "-o",
-            str(tmp_path / "cli-model"),
-            "--finetune",
-            "--quiet",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "cli-model" / "encoder" / "model.safetensors").exists()
-    assert _state_hash(base) == before
-
     model = train(labels, load_codebook(tmp_path / "codebook.yaml"), finetune=True, progress=False)
+    assert _state_hash(base) == before
     tuned = model.classifier.encoder
     assert not isinstance(tuned, str) and tuned is not base  # the estimator holds its encoder
+    assert model.card["encoder"]["finetuned"] is True
     model.save(tmp_path / "model")
+    assert (tmp_path / "model" / "encoder" / "model.safetensors").exists()
     reloaded = load_model(tmp_path / "model")  # loads the saved encoder from the folder
     assert reloaded.classifier.encoder is not tuned
     new = _subset(3, offset=4)
     texts = new["text"].tolist()
     reference = model.predict_proba(texts)
     np.testing.assert_allclose(reloaded.predict_proba(texts), reference, atol=1e-5)
-    predictions = classify(reloaded, new[["text"]], adapt=False, progress=False)
+    new[["text"]].to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "classify",
+                str(tmp_path / "model"),
+                str(tmp_path / "new.csv"),
+                "-o",
+                str(tmp_path / "p.csv"),
+                "--no-adapt",
+                "-q",
+            ]
+        )
+    assert done.value.code == 0
+    predictions = pd.read_csv(tmp_path / "p.csv")
     columns = [f"p_{t}" for t in reloaded.classes_]
     np.testing.assert_allclose(predictions[columns].to_numpy(float), reference, atol=1e-4)
     assert (predictions["theme"] == new["category"].to_numpy()).mean() >= 0.5
 
 
-@pytest.mark.parametrize("loss", ["cosine", "cosent", "supcon"])
-def test_pair_losses_prefer_separated_embeddings(loss):
+def test_pair_loss_prefers_separated_embeddings():
     from qualcode.model.finetune import _pair_loss
 
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     separated = torch.eye(3).repeat_interleave(2, dim=0) + 0.01 * torch.arange(6.0)[:, None]
     mixed = torch.eye(3)[[0, 1, 2, 0, 1, 2]] + 0.01 * torch.arange(6.0)[:, None]
-    assert _pair_loss(separated, labels, loss) < _pair_loss(mixed, labels, loss)
+    assert _pair_loss(separated, labels) < _pair_loss(mixed, labels)
 
 
 def test_finetuned_head_evidence_is_cross_fitted(monkeypatch, encoder):

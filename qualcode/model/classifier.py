@@ -127,6 +127,26 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return best_t
 
 
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+def fit_sigmoid_calibration(log_odds: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling shared by all themes: the temperature T and bias b minimising the log-loss
+    of sigmoid(log_odds / T + b) on held-out 0/1 targets ``Y`` (every theme's yes/no counts)."""
+    z, y = log_odds.ravel(), Y.ravel()
+    if len(set(y.tolist())) < 2:
+        return 1.0, 0.0
+    fit = LogisticRegression(C=1e4).fit(z[:, None], y)
+    slope = max(float(fit.coef_[0, 0]), 1e-3)  # never invert the ranking
+    return 1 / slope, float(fit.intercept_[0])
+
+
 class ThemeClassifier(ClassifierMixin, BaseEstimator):
     """Classify segment texts into themes.
 
@@ -144,8 +164,8 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         from ``PRIOR_GRID`` together with C.
     lexical_weight : share in [0, 1] of a character n-gram tf-idf head in the log-probabilities,
         or ``"auto"`` to choose it from ``LEXICAL_GRID`` together with C (single-label only).
-    multi_label : one-vs-rest per theme instead of one softmax; ``predict_themes`` then returns
-        every theme with probability ≥ 0.5.
+    multi_label : one-vs-rest per theme instead of one softmax (a theme is present at
+        probability ≥ 0.5).
     """
 
     def __init__(
@@ -408,8 +428,13 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
             else (10.0 if self.C == "auto" else float(self.C), 0.0)
         )
         self.C_, self.prior_weight_ = best
-        self.temperature_ = 1.0
-        self.oof_proba_ = oof_by_c.get(best)
+        oof = oof_by_c.get(best)
+        # Class-balanced heads over-state rare themes: one Platt scaling of the out-of-fold
+        # log-odds makes a theme's probability mean how often it is there.
+        self.temperature_, self.calibration_bias_ = (
+            (1.0, 0.0) if oof is None else fit_sigmoid_calibration(_log_odds(oof), Y)
+        )
+        self.oof_proba_ = None if oof is None else self._calibrated(_log_odds(oof))
         self.oof_target_ = Y
         self.heads_ = self._fit_ovr(self.C_, self._stack(X, Xp), np.vstack([Y, P]))
 
@@ -448,8 +473,7 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, features: Features) -> np.ndarray:
         n_classes = len(self.classes_)
         if self.multi_label:  # one-vs-rest: the log-odds of each theme
-            p = np.clip(self._ovr_proba(self.heads_, features.dense), 1e-9, 1 - 1e-9)
-            return np.log(p / (1 - p))
+            return _log_odds(self._ovr_proba(self.heads_, features.dense))
         head = self._full_logits(self.head_, features.dense, n_classes)
         mixed = self._mix(head, self._prior(features.dense), self.prior_weight_)
         if getattr(self, "lexical_head_", None) is None:
@@ -465,21 +489,15 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
     def proba_from_features(self, features: Features) -> np.ndarray:
         """Like :meth:`predict_proba`, from features already computed by :meth:`transform`."""
         if self.multi_label:
-            return self._ovr_proba(self.heads_, features.dense)
+            return self._calibrated(self._logits(features))
         return softmax(self._logits(features) / self.temperature_)
+
+    def _calibrated(self, log_odds: np.ndarray) -> np.ndarray:
+        return _sigmoid(log_odds / self.temperature_ + getattr(self, "calibration_bias_", 0.0))
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
-
-    def predict_themes(self, X: Sequence[str], threshold: float = 0.5) -> list[list[str]]:
-        """Every theme at or above ``threshold`` (at least the most probable one)."""
-        proba = self.predict_proba(X)
-        out = []
-        for row in proba:
-            picked = [str(self.classes_[j]) for j in np.argsort(-row) if row[j] >= threshold]
-            out.append(picked or [str(self.classes_[int(row.argmax())])])
-        return out
 
     def adapted(self, batch: Features, share: float = ADAPT_SHARE) -> ThemeClassifier:
         """A copy that has learnt from the batch it is about to code: the most confident

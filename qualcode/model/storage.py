@@ -125,6 +125,8 @@ class ThemeModel:
             "train_features": clf.train_features_,
             "temperature": np.array([clf.temperature_]),
         }
+        if clf.multi_label:
+            arrays["calibration_bias"] = np.array([clf.calibration_bias_])
         if clf.centroids_ is not None:
             arrays["centroids"] = clf.centroids_
         oof = review_evidence(clf)
@@ -324,6 +326,8 @@ def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
     classes = np.array(card["codebook"]["themes"], dtype=object)
     clf.classes_ = classes
     clf.temperature_ = float(head["temperature"][0])
+    if card["multi_label"]:
+        clf.calibration_bias_ = float(head["calibration_bias"][0])
     clf.train_features_ = head["train_features"]
     clf.C_ = card["classifier"]["C"]
     clf.prior_weight_ = card["classifier"]["prior_weight"]

@@ -44,7 +44,6 @@ from qualcode.reporting.coded import (
     CodedTable,
     as_coded,
     count_themes,
-    read_coded,
     theme_scores,
 )
 from qualcode.segmentation import TEXT_SUFFIXES, DocumentText
@@ -53,7 +52,6 @@ __all__ = [
     "PALETTE",
     "QDA_NAMESPACE",
     "ExportResult",
-    "code_matrix",
     "write_qdpx",
     "write_workbook",
 ]
@@ -136,13 +134,6 @@ def _matrix(coded: CodedTable) -> pd.DataFrame:
         name = theme.label if theme.label not in out.columns else f"{theme.label} ({theme.id})"
         out[name] = frame["_themes"].map(lambda ids, t=theme.id: int(t in ids))
     return out.reset_index(drop=True)
-
-
-def code_matrix(
-    table: pd.DataFrame, codebook: Codebook, *, pseudonymiser: Pseudonymiser | None = None
-) -> pd.DataFrame:
-    """One row per segment: provenance, metadata, text, themes and a 0/1 column per theme."""
-    return _matrix(read_coded(table, codebook, pseudonymiser=pseudonymiser))
 
 
 # --------------------------------------------------------------------------- workbook
