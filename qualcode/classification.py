@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from qualcode.errors import QualcodeError
-from qualcode.files.coded import MODEL_PREFIX, PREDICTION_COLUMNS, model_column
+from qualcode.files.coded import (
+    MODEL_PREFIX,
+    NON_ANSWER_REASON,
+    PREDICTION_COLUMNS,
+    model_column,
+    non_answers,
+)
 from qualcode.model.review_rule import DECIMALS, INTERVAL_LEVEL, ReviewRule, fit_to_batch
 
 if TYPE_CHECKING:
@@ -122,7 +128,13 @@ def classify(
         )
     clf = copy.copy(clf)
     clf.progress = progress
-    texts = segments["text"].astype(str).tolist()
+    skipped = non_answers(segments)  # survey answers with nothing to code
+    texts = segments["text"].astype(str)[~skipped].tolist()
+    classes = [str(c) for c in clf.classes_]
+    if not texts:
+        raise QualcodeError(
+            "every segment is marked as a non-answer (column non_answer): nothing to classify"
+        )
     coded = code_batch(
         clf,
         rule or model.review_rule,
@@ -132,21 +144,26 @@ def classify(
         evidence=model.review_evidence,
     )
     proba, order = coded.proba, coded.order
-    classes = [str(c) for c in clf.classes_]
 
+    def spread(values: Any, blank: Any) -> list[Any]:
+        """Values of the coded rows in place, ``blank`` for the non-answers."""
+        it = iter(list(values))
+        return [blank if skip else next(it) for skip in skipped]
+
+    nan = float("nan")
     columns: dict[str, Any] = {
-        "theme": [classes[j] for j in order[:, 0]],
-        "confidence": coded.confidence,
-        "second_theme": [classes[j] for j in order[:, 1]],
-        "margin": coded.margin,
-        "needs_review": coded.flags,
-        "review_reason": coded.reasons,
-        "themes": theme_lists(proba, order, classes, model, clf.multi_label),
-        "similarity": np.round(coded.similarity, DECIMALS),
+        "theme": spread((classes[j] for j in order[:, 0]), ""),
+        "confidence": spread(coded.confidence, nan),
+        "second_theme": spread((classes[j] for j in order[:, 1]), ""),
+        "margin": spread(coded.margin, nan),
+        "needs_review": spread(coded.flags, False),
+        "review_reason": spread(coded.reasons, NON_ANSWER_REASON),
+        "themes": spread(theme_lists(proba, order, classes, model, clf.multi_label), ""),
+        "similarity": spread(np.round(coded.similarity, DECIMALS), nan),
     }
     assert list(columns) == list(PREDICTION_COLUMNS)
     for j, theme in enumerate(classes):
-        columns[f"p_{theme}"] = np.round(proba[:, j], DECIMALS)
+        columns[f"p_{theme}"] = spread(np.round(proba[:, j], DECIMALS), nan)
     out = segments.copy()
     for name, values in columns.items():
         target = MODEL_PREFIX + name if name in segments.columns else name
@@ -182,11 +199,14 @@ def review_summary(predictions: pd.DataFrame) -> str:
     (from their calibrated confidences, with a 90 % interval for the luck of the draw, and what
     cross-validation on the labelled segments says of the same threshold)."""
     rule: ReviewRule | None = predictions.attrs.get("review_rule")
+    skipped = non_answers(predictions)
+    uncoded = f"; {int(skipped.sum())} non-answer(s) not coded" if skipped.any() else ""
+    predictions = predictions[~skipped]
     flagged = predictions[model_column(predictions, "needs_review")].astype(bool)
     n, k = len(predictions), int(flagged.sum())
     if not n:
-        return "no segments"
-    text = f"{k} of {n} segments need review ({k / n:.0%})"
+        return "no segments" + uncoded
+    text = f"{k} of {n} segments need review ({k / n:.0%}){uncoded}"
     if rule is None or n == k:
         return text
     p = predictions.loc[~flagged, model_column(predictions, "confidence")].to_numpy(float)
@@ -215,12 +235,13 @@ def review_summary(predictions: pd.DataFrame) -> str:
 
 
 def summarize(predictions: pd.DataFrame, model: ThemeModel) -> pd.DataFrame:
-    """Themes × segments × flagged, in codebook order (the model's dominant theme)."""
-    themes = predictions[model_column(predictions, "theme")]
+    """Themes × segments × flagged, in codebook order: a segment counts for each theme in its
+    ``themes`` (as the report counts them), so the rows may add up to more than the total."""
+    themes = predictions[model_column(predictions, "themes")].fillna("").astype(str).str.split(";")
     flags = predictions[model_column(predictions, "needs_review")].astype(bool)
     rows = []
     for theme in model.codebook.themes:
-        mine = themes == theme.id
+        mine = themes.map(lambda ids, t=theme.id: t in ids)
         rows.append(
             {
                 "theme": theme.id,

@@ -333,22 +333,36 @@ def load_codebook(path: str | os.PathLike[str]) -> Codebook:
 # Where a command looks for the codebook when --codebook is not given, in this order.
 CODEBOOK_LOOKUP = ("codebook.yaml", "corpora/codebook.yaml")
 CODEBOOK_HELP = (
-    "The codebook YAML (default: $QUALCODE_CODEBOOK, ./codebook.yaml or ./corpora/codebook.yaml)."
+    "The codebook YAML (default: $QUALCODE_CODEBOOK, then the one in the model folder or beside "
+    "the input files, then ./codebook.yaml, ./corpora/codebook.yaml or the one of ./models/*)."
 )
 
 
-def find_codebook(path: str | os.PathLike[str] | None = None) -> Codebook:
-    """The codebook at ``path``; without one, ``$QUALCODE_CODEBOOK``, then ``codebook.yaml`` or
-    ``corpora/codebook.yaml`` in the current directory."""
+def find_codebook(
+    path: str | os.PathLike[str] | None = None, near: Sequence[str | os.PathLike[str]] = ()
+) -> Codebook:
+    """The codebook at ``path``; without one, the first of: ``$QUALCODE_CODEBOOK``; the
+    ``codebook.yaml`` inside a model folder in ``near`` or beside a file in ``near`` (labels,
+    predictions, segments); ``codebook.yaml`` or ``corpora/codebook.yaml`` here; the codebook
+    of the models in ``models/`` when they all share one. ``Codebook.path`` says which."""
     if path is not None:
         return load_codebook(path)
     env = os.environ.get("QUALCODE_CODEBOOK")
     if env:
         return load_codebook(env)
-    for candidate in CODEBOOK_LOOKUP:
-        if Path(candidate).is_file():
+    candidates = [
+        Path(p) / "codebook.yaml" if Path(p).is_dir() else Path(p).parent / "codebook.yaml"
+        for p in near
+    ]
+    candidates += [Path(c) for c in CODEBOOK_LOOKUP]
+    for candidate in candidates:
+        if candidate.is_file():
             return load_codebook(candidate)
+    in_models = sorted(Path("models").glob("*/codebook.yaml"))
+    if in_models and len({p.read_bytes() for p in in_models}) == 1:
+        return load_codebook(in_models[0])
     raise QualcodeError(
-        f"no codebook given: pass --codebook (none of {', '.join(CODEBOOK_LOOKUP)} exists here, "
-        "and QUALCODE_CODEBOOK is not set)"
+        "no codebook found: pass --codebook FILE.yaml (none beside the input files, no "
+        f"{' or '.join(CODEBOOK_LOOKUP)} here, no single codebook in models/, and "
+        "QUALCODE_CODEBOOK is not set)"
     )

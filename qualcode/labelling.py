@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qualcode.errors import QualcodeError
+from qualcode.files.coded import NON_ANSWER, non_answers
 from qualcode.files.labels import finish_pending_apply, labels_lock, last_answers
 from qualcode.files.tables import (
     append_row_durably,
@@ -74,6 +75,8 @@ RECENT = 10  # ... as far as possible from the last RECENT segments asked
 DENSITY_NEIGHBOURS = 5
 DIVERSITY = 0.5
 TEMPLATE_SHEET, THEMES_SHEET = "segments", "themes"
+# Segment columns the template leaves out (the analyst needs the words and the respondent).
+TEMPLATE_HIDDEN = ("line_start", "line_end", "non_answer")
 
 
 def default_coder() -> str:
@@ -521,6 +524,14 @@ class LabellingSession:
         self.ids = list(codebook.ids)
         self.index = {sid: i for i, sid in enumerate(self.segments["segment_id"])}
         self.neighbours = self._neighbour_index()
+        self.non_answers = non_answers(self.segments)
+        # A survey's answers are not a text: show the respondent's other columns, not the
+        # answers above and below.
+        self.respondent_columns = (
+            [c for c in self.segments.columns if c not in (*LABEL_COLUMNS, *TEMPLATE_HIDDEN)]
+            if NON_ANSWER in self.segments.columns
+            else []
+        )
         self.result = SessionResult(total=len(self.segments))
 
     def __enter__(self) -> LabellingSession:
@@ -648,6 +659,8 @@ class LabellingSession:
         candidates = fresh or skipped
         if not candidates:
             return None
+        answers = [i for i in candidates if not self.non_answers[i]]
+        candidates = answers or candidates  # "vet ej", "nej": asked last
         if self.order == "file":
             return candidates[0]
         if self.model is not None:
@@ -746,12 +759,42 @@ def _autosize(sheet: Any, widths: Mapping[str, int]) -> None:
         sheet.column_dimensions[letter].width = width
 
 
+def template_segments(
+    segments: pd.DataFrame,
+    *,
+    model: ThemeModel | None = None,
+    first: int | None = None,
+    labelled: Sequence[str | Path] = (),
+) -> tuple[pd.DataFrame, str]:
+    """The segments a labelling template asks about, in asking order, and that order in words:
+    segments already labelled in the ``labelled`` files are left out; with a ``model``, the
+    most helpful first (:func:`most_helpful_first`), else file order; non-answers (survey
+    answers such as "vet ej") last; then the ``first`` N."""
+    done: set[str] = set()
+    for path in labelled:
+        table = read_labels_table(path)
+        done |= set(table.loc[table["theme"].astype(str).str.strip() != "", "segment_id"])
+    segments = segments[~segments["segment_id"].isin(done)].reset_index(drop=True)
+    how = "file order"
+    if model is not None and len(segments):
+        rows, _ = most_helpful_first(model, segments["text"].tolist())
+        segments, how = segments.iloc[rows].reset_index(drop=True), "most helpful first"
+    skipped = non_answers(segments)
+    segments = pd.concat([segments[~skipped], segments[skipped]], ignore_index=True)
+    if done:
+        how += f", {len(done)} already labelled left out"
+    if first is not None:
+        segments = segments.head(first)
+    return segments, how
+
+
 def template_bytes(
     segments: pd.DataFrame, codebook: Codebook, *, multi_label: bool = False
 ) -> bytes:
-    """An XLSX workbook: sheet ``segments`` (segment_id, document, section, text, theme) with a
-    drop-down of theme ids in ``theme``, and sheet ``themes`` listing ids, labels and
-    descriptions. With ``multi_label`` the drop-down only warns, so ``a;b`` can be typed."""
+    """An XLSX workbook: sheet ``segments`` (segment_id, document, section, the survey's own
+    columns, text, theme) with a drop-down of the themes' labels in ``theme`` (ids are accepted
+    too), and sheet ``themes`` listing labels, ids and descriptions. With ``multi_label`` the
+    drop-down only warns, so ``a;b`` can be typed."""
     import openpyxl
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
     from openpyxl.styles import Alignment, Font
@@ -766,25 +809,30 @@ def template_bytes(
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = TEMPLATE_SHEET
-    columns = ["segment_id", "document", "section", "text", "theme"]
+    from openpyxl.utils import get_column_letter
+
+    own = [c for c in segments.columns if c not in (*LABEL_COLUMNS, *TEMPLATE_HIDDEN)]
+    columns = ["segment_id", "document", "section", *own, "text", "theme"]
     for c, name in enumerate(columns, start=1):
         put(sheet, 1, c, name).font = Font(bold=True)
     wrap = Alignment(wrap_text=True, vertical="top")
-    for r, row in enumerate(segments[columns[:4]].itertuples(index=False), start=2):
+    for r, row in enumerate(segments[columns[:-1]].fillna("").itertuples(index=False), start=2):
         for c, value in enumerate(row, start=1):
             put(sheet, r, c, value).alignment = wrap
     sheet.freeze_panes = "A2"
-    _autosize(sheet, {"A": 22, "B": 18, "C": 24, "D": 80, "E": 26})
+    letter = {name: get_column_letter(c) for c, name in enumerate(columns, start=1)}
+    widths = {"segment_id": 22, "document": 18, "section": 24, "text": 80, "theme": 30}
+    _autosize(sheet, {letter[n]: widths.get(n, 16) for n in columns})
 
     themes = book.create_sheet(THEMES_SHEET)
-    for c, name in enumerate(["id", "label", "label_en", "description"], start=1):
+    for c, name in enumerate(["label", "id", "label_en", "description"], start=1):
         put(themes, 1, c, name).font = Font(bold=True)
     for r, theme in enumerate(codebook.themes, start=2):
         for c, value in enumerate(
-            [theme.id, theme.label, theme.label_en, theme.description], start=1
+            [theme.label, theme.id, theme.label_en, theme.description], start=1
         ):
             put(themes, r, c, value).alignment = wrap
-    _autosize(themes, {"A": 26, "B": 36, "C": 30, "D": 90})
+    _autosize(themes, {"A": 36, "B": 26, "C": 30, "D": 90})
 
     last = len(codebook.themes) + 1
     validation = DataValidation(
@@ -793,15 +841,15 @@ def template_bytes(
         allow_blank=True,
         showErrorMessage=True,
         errorStyle="warning" if multi_label else "stop",
-        errorTitle="Unknown theme",
-        error="Choose a theme id from the list (see the 'themes' sheet)."
-        + (" Several themes: separate them with ';'." if multi_label else ""),
-        promptTitle="Theme",
-        prompt="Pick a theme id; descriptions are on the 'themes' sheet.",
+        errorTitle="Okänt tema",
+        error="Välj ett tema i listan (beskrivningar på bladet 'themes')."
+        + (" Flera teman: skilj dem åt med ';'." if multi_label else ""),
+        promptTitle="Tema",
+        prompt="Välj tema; beskrivningarna står på bladet 'themes'.",
         showInputMessage=True,
     )
     sheet.add_data_validation(validation)
-    validation.add(f"E2:E{max(2, len(segments) + 1)}")
+    validation.add(f"{letter['theme']}2:{letter['theme']}{max(2, len(segments) + 1)}")
     buffer = io.BytesIO()
     book.save(buffer)
     return buffer.getvalue()

@@ -347,7 +347,14 @@ def build_review(
             [{c: ";".join(given.get(c, [])) for c in coders} for given in coder_themes.values()],
             columns=coders,
         )
-        agreement = agreement_table(coded_table, codebook.ids)
+        shared = sum(len(given) >= 2 for given in coder_themes.values())
+        if shared:
+            agreement = agreement_table(coded_table, codebook.ids)
+        else:
+            messages.append(
+                f"no agreement statistics: the coders ({', '.join(coders)}) labelled no segment "
+                "in common"
+            )
 
     records = []
     for key, (kind, theme, confidence) in found.items():
@@ -461,11 +468,29 @@ def apply_review(
     theme is unknown or ``labels`` is not byte-identical to a file the review was made from.
     """
     review, labels = Path(review), Path(labels)
+    _refuse_swapped(review, labels)
     decisions, hashes = _resolved(review, codebook)
     if decisions.empty:
         return ApplyResult(0, 0, 0, None, None)
     with labels_lock(labels):
         return _apply(review, labels, codebook, decisions, hashes, coder)
+
+
+def _refuse_swapped(review: Path, labels: Path) -> None:
+    """``review apply LABELS --labels REVIEW`` is an easy slip: say so, not "missing column"."""
+
+    def columns(path: Path) -> set[str]:
+        try:
+            return set(read_table(path).columns) if path.is_file() else set()
+        except QualcodeError:
+            return set()
+
+    if "resolved_theme" not in columns(review) and "resolved_theme" in columns(labels):
+        raise QualcodeError(
+            f"{review.name!r} and {labels.name!r} look swapped: the review file (the one with "
+            f"'resolved_theme') comes first, then --labels: `qualcode review apply {labels.name} "
+            f"--labels {review.name}`. Nothing was written."
+        )
 
 
 def _apply(

@@ -16,7 +16,9 @@ Notes, reports and web text (.txt/.md/.docx) are read as a sequence of blocks:
 
 Survey exports (.csv/.tsv/.xlsx) need ``column``: each non-empty answer is a segment, the
 other columns are kept as metadata, ``section`` is the column name and ``line_start`` =
-``line_end`` = the spreadsheet row.
+``line_end`` = the spreadsheet row. Answers with nothing to code (``vet ej``, ``nej``, ``-``,
+only punctuation) are kept but marked in the ``non_answer`` column; ``attrs`` of the result
+count them (``non_answers``) and the empty answers left out (``empty_answers``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from qualcode.errors import QualcodeError
+from qualcode.files.coded import NON_ANSWER, non_answers
 from qualcode.files.tables import (
     check_file,
     check_text_lengths,
@@ -105,6 +108,27 @@ _BOUNDARY = re.compile(
 
 def _has_letters(text: str) -> bool:
     return any(ch.isalpha() for ch in text)
+
+
+# Survey answers that say nothing to code: compared lower-cased, without punctuation.
+NON_ANSWERS = frozenset(
+    """vet ej|vet inte|vet icke|ingen aning|ingen åsikt|inga synpunkter|inget att tillägga|
+    inget|inga|ingenting|nej|ja|nja|bra|ok|okej|oklart|x|xx|xxx|nope|n a|na|ej aktuellt|
+    ej tillämpligt|har ingen åsikt|kan ej svara|kan inte svara|se ovan|samma som ovan""".replace(
+        "\n", ""
+    )
+    .replace("    ", "")
+    .split("|")
+)
+
+
+def is_non_answer(text: str) -> bool:
+    """Whether a survey answer says nothing to code: no letters, or a stock reply such as
+    "Vet ej", "Nej." or "Inget"."""
+    if not _has_letters(text):
+        return True
+    words = re.sub(r"[^\w\s]|_", " ", text.lower()).split()
+    return " ".join(words) in NON_ANSWERS
 
 
 def _normalise(text: str) -> str:
@@ -673,7 +697,8 @@ def _free_name(name: str, taken: set[str]) -> str:
     return name
 
 
-def _survey_rows(path: Path, column: str | None, unit: str) -> list[dict[str, object]]:
+def _survey_rows(path: Path, column: str | None, unit: str) -> tuple[list[dict[str, object]], int]:
+    """The segments of a survey export, and how many answers were empty."""
     if column is None:
         frame = read_table(path, what="survey export")
         raise QualcodeError(
@@ -682,21 +707,24 @@ def _survey_rows(path: Path, column: str | None, unit: str) -> list[dict[str, ob
         )
     frame = read_table(path, required=[column], what="survey export")
     section = frame.attrs.get("original_names", {}).get(column, column)
-    taken = set(SEGMENT_COLUMNS)
+    taken = {*SEGMENT_COLUMNS, NON_ANSWER}
     meta = {}
     for name in frame.columns:
         if name != column:
             meta[name] = _free_name(name, taken)
             taken.add(meta[name])
     rows: list[dict[str, object]] = []
+    empty = 0
     for row_no, record in zip(spreadsheet_rows(frame), frame.to_dict("records"), strict=True):
         answer = _normalise(str(record[column]))
-        if not _has_letters(answer):
+        if not answer:
+            empty += 1
             continue
-        pieces = split_sentences(answer) if unit == "sentence" else [(0, len(answer))]
+        whole = is_non_answer(answer)
+        pieces = split_sentences(answer) if unit == "sentence" and not whole else [(0, len(answer))]
         for start, end in pieces:
             text = _normalise(answer[start:end])
-            if _has_letters(text):
+            if whole or _has_letters(text):
                 row: dict[str, object] = {
                     "section": section,
                     "line_start": row_no,
@@ -704,14 +732,18 @@ def _survey_rows(path: Path, column: str | None, unit: str) -> list[dict[str, ob
                     "text": text,
                 }
                 row.update({meta[k]: v for k, v in record.items() if k != column})
+                row[NON_ANSWER] = "true" if whole else "false"
                 rows.append(row)
-    return rows
+    return rows, empty
 
 
 def _segment_file(path: Path, unit: str, column: str | None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix in SURVEY_SUFFIXES:
-        return _frame(_survey_rows(path, column, unit), path.name)
+        rows, empty = _survey_rows(path, column, unit)
+        frame = _frame(rows, path.name)
+        frame.attrs["empty_answers"] = empty
+        return frame
     if suffix in TEXT_SUFFIXES:
         text = read_text(path, what="document")
         if not text.strip():
@@ -768,6 +800,7 @@ def segment(
             )
         seen[path.name] = path
         frames.append(_segment_file(path, unit, column))
+    empty = sum(frame.attrs.get("empty_answers", 0) for frame in frames)
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if out.empty:
         names = ", ".join(repr(Path(p).name) for p in paths)
@@ -786,4 +819,7 @@ def segment(
             f"segment id {duplicated.iloc[0]!r} occurs in more than one input; each input "
             "must be a different document (remove duplicated files)."
         )
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["empty_answers"] = empty
+    out.attrs["non_answers"] = int(non_answers(out).sum())
+    return out

@@ -250,7 +250,9 @@ def test_xlsx_template_and_import(tmp_path, codebook, notes):
     [validation] = sheet.data_validations.dataValidation
     assert validation.type == "list" and "themes!$A$2:$A$9" in validation.formula1
     assert "E2" in str(validation.sqref) and validation.errorStyle == "stop"
-    assert [c.value for c in book["themes"]["A"]][1:] == codebook.ids
+    # the drop-down offers the Swedish labels; ids are on the sheet too and both are accepted
+    assert [c.value for c in book["themes"]["A"]][1:] == [t.label for t in codebook.themes]
+    assert [c.value for c in book["themes"]["B"]][1:] == codebook.ids
     assert sheet["D3"].value == "=SUMMA(A1) ska vara text" and sheet["D3"].data_type == "s"
 
     sheet["E2"] = "steering"

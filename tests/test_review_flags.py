@@ -263,3 +263,19 @@ def test_summary_line_says_how_many_need_review_and_what_the_rest_is_worth(seed_
     flagged = int(predictions["needs_review"].sum())
     assert line.startswith(f"{flagged} of {len(predictions)} segments need review")
     assert "expected to be" in line and "90 %" in line
+
+
+def test_classify_summary_counts_themes_as_the_report_does(seed_model):
+    """The table `classify` prints and the report count a two-theme segment under both."""
+    from qualcode.classification import summarize
+    from qualcode.reporting.coded import theme_counts
+
+    model = load_model(seed_model)
+    predictions = classify(model, skane_notes(CORPORA), progress=False)
+    assert predictions["themes"].str.contains(";").any()  # some notes carry two themes
+    printed = summarize(predictions, model).set_index("theme")
+    reported = theme_counts(predictions, model.codebook, by=None).set_index("theme")
+    for theme in model.codebook.ids:
+        assert printed.loc[theme, "segments"] == reported.loc[theme, "segments"], theme
+        assert printed.loc[theme, "flagged"] == reported.loc[theme, "flagged"], theme
+    assert printed.loc["total", "segments"] == len(predictions)

@@ -354,13 +354,16 @@ def survey(tmp_path) -> Path:
 
 def test_xlsx_survey_export_with_column(survey):
     frame = segment([survey], column="Svar")
-    assert list(frame.columns) == [*SEGMENT_COLUMNS, "respondent", "kommun", "meta_text"]
+    columns = [*SEGMENT_COLUMNS, "respondent", "kommun", "meta_text", "non_answer"]
+    assert list(frame.columns) == columns
     assert frame[
-        ["section", "line_start", "line_end", "text", "kommun", "meta_text"]
+        ["section", "line_start", "line_end", "text", "kommun", "meta_text", "non_answer"]
     ].values.tolist() == [
-        ["Svar", 2, 2, "Bättre samverkan behövs. Mer IT-stöd.", "Malmö", "x"],
-        ["Svar", 5, 5, "Gemensam uppföljning", "Lund", "w"],
+        ["Svar", 2, 2, "Bättre samverkan behövs. Mer IT-stöd.", "Malmö", "x", "false"],
+        ["Svar", 4, 4, "-", "Ystad", "z", "true"],  # kept, counted, marked: not coded
+        ["Svar", 5, 5, "Gemensam uppföljning", "Lund", "w", "false"],
     ]
+    assert frame.attrs["empty_answers"] == 1 and frame.attrs["non_answers"] == 1
     assert frame["segment_id"].str.startswith("enkat-").all()
     sentences = segment([survey], column="svar", unit="sentence")
     assert sentences["text"].tolist()[:2] == ["Bättre samverkan behövs.", "Mer IT-stöd."]

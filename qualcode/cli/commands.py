@@ -14,9 +14,11 @@ from qualcode.cli.options import (
     excel_option,
     force_option,
     guarded,
+    next_step,
     quiet_option,
     target_option,
     training_options,
+    use_codebook,
 )
 from qualcode.codebook import CODEBOOK_HELP
 from qualcode.errors import QualcodeError
@@ -53,7 +55,20 @@ def segment(paths, output, unit, column, excel, force) -> None:
     guarded(output, paths, force)
     segments = run_segment(paths, unit=unit, column=column)
     write_table(segments, output, excel=excel)
-    click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}", err=True)
+    notes = []
+    if segments.attrs.get("empty_answers"):
+        notes.append(f"{segments.attrs['empty_answers']} empty answer(s) left out")
+    if segments.attrs.get("non_answers"):
+        notes.append(
+            f"{segments.attrs['non_answers']} answer(s) with nothing to code (such as “vet ej”) "
+            "marked in column non_answer: counted, asked last, not coded"
+        )
+    said = f" ({'; '.join(notes)})" if notes else ""
+    click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}{said}", err=True)
+    next_step(
+        f"qualcode label {output} -o labels.csv",
+        f"qualcode classify MODEL_DIR {output} -o predictions.csv",
+    )
 
 
 @cli.command()
@@ -68,17 +83,17 @@ def train(labels, codebook, output, settings, quiet):
     Several files (e.g. the seed set, then labels from a batch) are read in order; where a
     segment is labelled twice, the last answer counts.
     """
-    from qualcode.codebook import find_codebook
     from qualcode.files.tables import refuse_own_input
     from qualcode.training import read_label_files
     from qualcode.training import train as run_train
 
     refuse_own_input(output, [*labels, *([codebook] if codebook else [])])  # -o is a folder
-    book = find_codebook(codebook)
+    book = use_codebook(codebook, labels)
     table = read_label_files(list(labels), book)
     model = run_train(table, book, settings, progress=not quiet)
     model.save(output)
     click.echo(f"{model.describe()} → {output}", err=True)
+    next_step(f"qualcode classify {output} SEGMENTS.csv -o predictions.csv")
 
 
 @cli.command()
@@ -153,22 +168,25 @@ def classify(
     _echo_table(summarize(predictions, model), quiet)
     click.echo(review_summary(predictions), err=True)
     click.echo(f"{len(predictions)} segments classified → {output}", err=True)
+    next_step(
+        f"qualcode report {output} -o report.html",
+        f"qualcode review --predictions {output} --labels LABELS.csv -o review.csv",
+    )
 
 
 @cli.command()
 @click.argument("labels", type=click.Path(path_type=Path))
-@click.option("--codebook", required=True, type=click.Path(path_type=Path))
+@click.option("--codebook", default=None, type=click.Path(path_type=Path), help=CODEBOOK_HELP)
 @click.option("--folds", type=int, default=5, show_default=True)
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @quiet_option
 def evaluate(labels, codebook, folds, settings, as_json, quiet):
     """Cross-validate training on LABELS: macro-F1, per-theme scores, confusion, coverage."""
-    from qualcode.codebook import load_codebook
     from qualcode.evaluation import evaluate as run_evaluate
     from qualcode.training import read_labels
 
-    book = load_codebook(codebook)
+    book = use_codebook(codebook, [labels])
     result = run_evaluate(
         read_labels(labels, book),
         book,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from qualcode.cli.options import force_option, guarded
+from qualcode.cli.options import force_option, guarded, next_step, use_codebook
 from qualcode.codebook import CODEBOOK_HELP
 
 __all__ = ["apply", "label", "review"]
@@ -73,6 +73,13 @@ _path = click.Path(path_type=Path)
     default=None,
     help="With --template: only the first N segments in asking order.",
 )
+@click.option(
+    "--labels",
+    "labelled",
+    multiple=True,
+    type=_path,
+    help="With --template: leave out segments already labelled in this labels file (repeatable).",
+)
 @force_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def label(
@@ -87,6 +94,7 @@ def label(
     model_dir,
     first,
     mode,
+    labelled,
     force,
     quiet,
 ):
@@ -101,11 +109,11 @@ def label(
       qualcode label --import to_label.xlsx --codebook C.yaml -o labels.csv
     """
     from qualcode.cli.labeller import Labeller
-    from qualcode.codebook import find_codebook, load_codebook
+    from qualcode.codebook import load_codebook
     from qualcode.labelling import (
         import_template,
-        most_helpful_first,
         read_segments,
+        template_segments,
         write_template,
     )
     from qualcode.model.storage import load_model
@@ -115,7 +123,7 @@ def label(
         model = load_model(model_dir, load_codebook(codebook) if codebook else None)
         book = model.codebook
     else:
-        book = find_codebook(codebook)
+        book = use_codebook(codebook, [source, output])
     if first is not None and mode != "template":
         raise click.UsageError("--first goes with --template")
     if mode == "template":
@@ -123,19 +131,19 @@ def label(
     else:  # the labeller appends to -o, and --import merges into it after a backup
         guarded(output, [source], updates_labels=True)
     if mode == "template":
-        segments = read_segments(source)
-        how = "file order"
-        if model is not None and order == "active":
-            rows, _ = most_helpful_first(model, segments["text"].tolist(), first)
-            segments, how = segments.iloc[rows], "most helpful first"
-        elif first is not None:
-            segments = segments.head(first)
+        segments, how = template_segments(
+            read_segments(source),
+            model=model if order == "active" else None,
+            first=first,
+            labelled=labelled,
+        )
         write_template(segments, book, output, multi_label=multi_label)
         click.echo(
             f"{len(segments)} segments to label ({how}) → {output} (choose themes in column "
             "'theme'; descriptions on sheet 'themes')",
             err=True,
         )
+        next_step(f"qualcode label --import {output} -o labels.csv")
         return
     if mode == "import":
         done = import_template(source, book, output, coder=coder)
@@ -145,6 +153,7 @@ def label(
             f"rows without a theme left out) → {output}{backup}",
             err=True,
         )
+        next_step(f"qualcode train {output} -o MODEL_DIR")
         return
     result = Labeller(
         read_segments(source),
@@ -165,6 +174,7 @@ def label(
         f"{' (' + per_theme + ')' if per_theme else ''} → {output}",
         err=True,
     )
+    next_step(f"qualcode train {output} -o MODEL_DIR")
 
 
 @click.group(invoke_without_command=True)
@@ -214,14 +224,13 @@ def review(
     missing = [name for name, value in (("--labels", labels), ("-o/--output", output)) if not value]
     if missing:
         raise click.UsageError(f"missing option(s) {', '.join(missing)}", ctx)
-    from qualcode.codebook import find_codebook
     from qualcode.review import build_review, write_review
 
     inputs = [*labels, *([predictions] if predictions else []), *([codebook] if codebook else [])]
     guarded(output, inputs, force)
     result = build_review(
         list(labels),
-        find_codebook(codebook),
+        use_codebook(codebook, [*labels, predictions]),
         predictions=predictions,
         label_errors=label_errors,
         folds=folds,
@@ -236,6 +245,8 @@ def review(
     counts = result.table["disagreement"].value_counts()
     summary = ", ".join(f"{k} {v}" for k, v in counts.items()) or "no disagreements"
     click.echo(f"{len(result.table)} rows to review ({summary}) → {output}", err=True)
+    if len(result.table):
+        next_step(f"qualcode review apply {output} --labels {labels[0]}")
 
 
 @review.command("apply")
@@ -245,11 +256,12 @@ def review(
 @click.option("--coder", default=None, help="Who resolved the rows (default: login name).")
 def apply(review_file, labels, codebook, coder):
     """Write the resolved themes of REVIEW back to a labels file (backup + audit log)."""
-    from qualcode.codebook import find_codebook
     from qualcode.review import apply_review
 
     guarded(labels, [review_file], updates_labels=True)
-    result = apply_review(review_file, labels, find_codebook(codebook), coder=coder)
+    result = apply_review(
+        review_file, labels, use_codebook(codebook, [labels, review_file]), coder=coder
+    )
     if not result.changed and not result.added:
         click.echo(
             f"nothing to write: {result.unchanged} resolved row(s) already match {labels}", err=True
@@ -261,3 +273,4 @@ def apply(review_file, labels, codebook, coder):
         f"{result.audit}",
         err=True,
     )
+    next_step(f"qualcode train {labels} -o MODEL_DIR")

@@ -77,7 +77,11 @@ class Labeller:
         )
         if where:
             self.echo(click.style(where, fg="cyan"))
-        prev, nxt = s.neighbours[i]
+        if s.respondent_columns:
+            about = " · ".join(f"{c}: {seg[c]}" for c in s.respondent_columns if str(seg[c]))
+            if about:
+                self.echo(click.style(f"  {about}", dim=True))
+        prev, nxt = (None, None) if s.respondent_columns else s.neighbours[i]
 
         def neighbour(j: int | None, arrow: str) -> None:
             if j is not None:

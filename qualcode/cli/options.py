@@ -80,3 +80,20 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         with_settings = option(with_settings)
     return with_settings
+
+
+def use_codebook(given: Any, near: Any = ()) -> Any:
+    """The codebook given, or found beside ``near`` (see :func:`qualcode.codebook.find_codebook`);
+    a codebook that was found, not given, is named on stderr."""
+    from qualcode.codebook import find_codebook
+
+    book = find_codebook(given, [p for p in near if p is not None])
+    if given is None:
+        click.echo(f"codebook: {book.path} ({book.name}, {len(book.ids)} themes)", err=True)
+    return book
+
+
+def next_step(*commands: str) -> None:
+    """Say on stderr which command usually comes next (the README's workflow)."""
+    if commands:
+        click.echo("next: " + "  or  ".join(f"`{c}`" for c in commands), err=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from qualcode.cli.options import force_option, guarded
+from qualcode.cli.options import force_option, guarded, next_step, use_codebook
 from qualcode.codebook import CODEBOOK_HELP
 
 if TYPE_CHECKING:
@@ -66,11 +66,10 @@ def _pseudonymiser(pseudonymise: bool, names: Path | None) -> Pseudonymiser | No
 def _read(
     source: Path, codebook: Path | None, output: Path, force: bool, others: Any = ()
 ) -> tuple[pd.DataFrame, Codebook]:
-    from qualcode.codebook import find_codebook
     from qualcode.files.tables import read_table
 
     guarded(output, [source, *([codebook] if codebook else []), *others], force)
-    book = find_codebook(codebook)
+    book = use_codebook(codebook, [source])
     table = read_table(source, required=("text", "theme"), what="predictions or labels file")
     return table, book
 
@@ -148,10 +147,15 @@ def report(
     )
     if not quiet:
         columns = [c for c in _SUMMARY_COLUMNS if c in result.counts.columns]
-        click.echo(result.counts[columns].to_string(index=False))
+        table = result.counts[columns].copy()
+        table["share"] = [f"{share:.0%}" for share in table["share"]]
+        click.echo(table.to_string(index=False))
     _say(result.messages)
     written = ", ".join(path.name for path in result.paths.values())
-    click.echo(f"report on {result.segments} segments → {output} ({written})", err=True)
+    what = f" ({written})" if output.is_dir() else ""
+    click.echo(f"report on {result.segments} segments → {output}{what}", err=True)
+    page = output / "report.html" if output.is_dir() else output
+    next_step(f"open {page} in a browser")
 
 
 @click.group()

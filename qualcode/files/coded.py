@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from qualcode.errors import QualcodeError
+from qualcode.files.tables import spreadsheet_rows
 
 __all__ = [
     "MODEL_PREFIX",
+    "NON_ANSWER",
+    "NON_ANSWER_REASON",
+    "non_answers",
     "PREDICTION_COLUMNS",
     "PROVENANCE",
     "column_text",
@@ -38,6 +43,10 @@ PREDICTION_COLUMNS = (
     "similarity",
 )
 MODEL_PREFIX = "model_"
+# Survey segments carry this flag: "true" for an answer with nothing to code ("vet ej", "nej",
+# "-"); such answers are counted and reported, asked last, and not coded by the model.
+NON_ANSWER = "non_answer"
+NON_ANSWER_REASON = "no answer to code (such as “vet ej”, “nej”, “-”)"
 _TRUE = {"true", "1", "yes", "ja", "sant"}
 _FALSE = {"false", "0", "no", "nej", "falskt", ""}
 
@@ -96,3 +105,10 @@ def parse_flags(values: pd.Series, rows: list[int]) -> list[bool]:
 
 
 # --------------------------------------------------------------------------- counts
+
+
+def non_answers(table: pd.DataFrame) -> np.ndarray:
+    """Which rows are non-answers (their ``non_answer`` cell is true); none without the column."""
+    if NON_ANSWER not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    return np.array(parse_flags(column_text(table, NON_ANSWER), spreadsheet_rows(table)))

@@ -22,6 +22,7 @@ from qualcode.files.coded import (
     column_text,
     is_predictions,
     model_column,
+    non_answers,
     parse_confidence,
     parse_flags,
     parse_number,
@@ -54,6 +55,7 @@ class CodedTable:
     kind: str  # "predictions" or "labels"
     coders: list[str]
     codebook: Codebook
+    non_answers: int = 0  # survey answers with nothing to code ("vet ej"), not in ``frame``
 
     @property
     def predictions(self) -> bool:
@@ -111,7 +113,10 @@ def read_coded(
         frame["_flagged"] = False
     coder = column_text(table, "coder").str.strip()
     frame["_coder"] = coder.where(coder != "", "qualcode" if kind == "predictions" else "")
-    keep = [bool(ids) and bool(t.strip()) for ids, t in zip(parsed, text)]
+    skipped = non_answers(table)
+    keep = [
+        bool(ids) and bool(t.strip()) and not skip for ids, t, skip in zip(parsed, text, skipped)
+    ]
     frame = frame[keep].copy()
     if frame.empty:
         raise QualcodeError(
@@ -155,7 +160,9 @@ def read_coded(
     frame["_original_text"] = frame["text"]
     if pseudonymiser is not None:
         _pseudonymise(frame, pseudonymiser)
-    return CodedTable(frame=frame, kind=kind, coders=coders, codebook=codebook)
+    return CodedTable(
+        frame=frame, kind=kind, coders=coders, codebook=codebook, non_answers=int(skipped.sum())
+    )
 
 
 def theme_scores(coded: CodedTable, theme_id: str) -> pd.Series:
@@ -222,6 +229,17 @@ def group_values(coded: CodedTable, by: str) -> pd.Series:
 
 def group_list(coded: CodedTable, by: str | None) -> list[str]:
     return list(dict.fromkeys(group_values(coded, by))) if by else []
+
+
+def respondent_columns(coded: CodedTable) -> list[str]:
+    """The survey's own columns (Kommun, Roll, …): every input column that is not part of the
+    segments, labels or predictions contracts. Empty for documents."""
+    known = {"text", "section", "non_answer", *_NOT_PERSONAL}
+    return [
+        c
+        for c in coded.frame.columns
+        if c not in known and not str(c).startswith(("_", "p_", MODEL_PREFIX))
+    ]
 
 
 def _fixed_columns(coded: CodedTable) -> list[str]:

@@ -44,6 +44,7 @@ from qualcode.reporting.coded import (
     CodedTable,
     as_coded,
     count_themes,
+    respondent_columns,
     theme_scores,
 )
 from qualcode.segmentation import TEXT_SUFFIXES, DocumentText
@@ -321,6 +322,49 @@ def _document_texts(
     return out
 
 
+def _cases(project: ET.Element, coded: CodedTable) -> None:
+    """A survey's respondents as REFI-QDA Cases with their columns (Kommun, Roll, …) as text
+    Variables, each Case referring to its answer's selection, so NVivo / ATLAS.ti users can
+    filter by them. Documents without such columns get none."""
+    columns = respondent_columns(coded)
+    if not columns:
+        return
+    frame = coded.frame
+    variables = ET.SubElement(project, "Variables")
+    variable_guids = {}
+    for column in columns:
+        variable_guids[column] = _guid("variable", column)
+        ET.SubElement(
+            variables,
+            "Variable",
+            {"guid": variable_guids[column], "name": _xml_text(column), "typeOfVariable": "Text"},
+        )
+    # A case is a respondent: one spreadsheet row (its answer may be split into sentences),
+    # named by the first column whose values name every row once (such as Respondent).
+    case_of = frame["_document"] + "\x1f" + frame.get("line_start", frame["_key"]).astype(str)
+    firsts = frame.groupby(case_of, sort=False).first()
+    naming = next(
+        (c for c in columns if firsts[c].str.strip().ne("").all() and firsts[c].is_unique), None
+    )
+    cases = ET.SubElement(project, "Cases")
+    for case, rows in frame.groupby(case_of, sort=False):
+        first = rows.iloc[0]
+        name = (
+            str(first[naming])
+            if naming
+            else f"{first['_document']} rad {first.get('line_start', '')}"
+        )
+        element = ET.SubElement(
+            cases, "Case", {"guid": _guid("case", case), "name": _xml_text(name)}
+        )
+        for column in columns:
+            value = ET.SubElement(element, "VariableValue")
+            ET.SubElement(value, "VariableRef", {"targetGUID": variable_guids[column]})
+            ET.SubElement(value, "TextValue").text = _xml_text(str(first[column]))
+        for key in rows["_key"]:
+            ET.SubElement(element, "SelectionRef", {"targetGUID": _guid("selection", key)})
+
+
 def _qdpx_bytes(
     coded: CodedTable,
     *,
@@ -369,6 +413,7 @@ def _qdpx_bytes(
             f"{theme.description}{english}\nqualcode id: {theme.id}"
         )
 
+    _cases(project, coded)
     sources_element = ET.SubElement(project, "Sources")
     documents = _document_texts(coded, sources, pseudonymiser, messages)
     files: dict[str, str] = {}

@@ -401,6 +401,14 @@ def _markdown(c: _Contents, charts: dict[str, str], n: int) -> str:
         )
     if coded.coders:
         facts.append(("Kodare · *Coders*", _md(", ".join(coded.coders))))
+    if coded.non_answers:
+        facts.append(
+            (
+                "Icke-svar · *Non-answers*",
+                f"{coded.non_answers} (”vet ej”, ”nej”, ”-”: räknade, inte kodade · *counted, "
+                "not coded*)",
+            )
+        )
     if by:
         swedish, english = _by_name(by)
         facts.append(
@@ -602,6 +610,14 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
             (
                 "Flaggade för granskning",
                 f'<span id="total-flagged">{total["flagged"]}</span> ({share})',
+            )
+        )
+    if coded.non_answers:
+        facts.append(
+            (
+                "Icke-svar",
+                f'<span id="non-answers">{coded.non_answers}</span> (svar som ”vet ej”, ”nej”, '
+                "”-”: räknade, inte kodade)",
             )
         )
     if coded.coders:
