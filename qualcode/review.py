@@ -47,6 +47,7 @@ from qualcode.files.tables import (
     backup_file,
     file_sha256,
     read_table,
+    read_text,
     spreadsheet_rows,
     table_bytes,
     write_table,
@@ -479,13 +480,16 @@ def apply_review(
 def _refuse_swapped(review: Path, labels: Path) -> None:
     """``review apply LABELS --labels REVIEW`` is an easy slip: say so, not "missing column"."""
 
-    def columns(path: Path) -> set[str]:
+    def is_review(path: Path) -> bool:
         try:
-            return set(read_table(path).columns) if path.is_file() else set()
-        except QualcodeError:
-            return set()
+            return path.is_file() and "resolved_theme" in read_table(path).columns
+        except QualcodeError:  # a review without rows: its header still says what it is
+            try:
+                return "resolved_theme" in read_text(path).partition("\n")[0]
+            except QualcodeError:
+                return False
 
-    if "resolved_theme" not in columns(review) and "resolved_theme" in columns(labels):
+    if not is_review(review) and is_review(labels):
         raise QualcodeError(
             f"{review.name!r} and {labels.name!r} look swapped: the review file (the one with "
             f"'resolved_theme') comes first, then --labels: `qualcode review apply {labels.name} "

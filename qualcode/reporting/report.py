@@ -43,7 +43,7 @@ import pandas as pd
 
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
-from qualcode.files.coded import PROVENANCE
+from qualcode.files.coded import PROVENANCE, model_column
 from qualcode.files.pseudonymise import Pseudonymiser
 from qualcode.files.tables import atomic_write_bytes, atomic_write_text, staged_folder, write_table
 from qualcode.reporting.coded import (
@@ -336,6 +336,41 @@ def _code_span(text: str) -> str:
 
 def _percent(share: float) -> str:
     return f"{share * 100:.1f} %".replace(".", ",")
+
+
+_REASONS = (
+    (
+        re.compile(r"low confidence \(([\d.]+) < ([\d.]+)\)"),
+        "låg säkerhet ({0} under tröskeln {1})",
+    ),
+    (
+        re.compile(r"small margin \(([\d.]+) < ([\d.]+)\)"),
+        "nära näst bästa tema (skillnad {0}, minst {1})",
+    ),
+    (
+        re.compile(r"unlike the training data \(similarity ([\d.]+) < ([\d.]+)\)"),
+        "olik de kodade segmenten (likhet {0}, minst {1})",
+    ),
+)
+
+
+def _why(reason: object) -> str:
+    """A review reason from the predictions file in Swedish, numbers as percentages."""
+
+    def percent(value: str) -> str:
+        return f"{float(value) * 100:.0f} %"
+
+    parts = []
+    for part in str(reason or "").split(";"):
+        part = part.strip()
+        for pattern, swedish in _REASONS:
+            match = pattern.fullmatch(part)
+            if match:
+                part = swedish.format(*(percent(v) for v in match.groups()))
+                break
+        if part:
+            parts.append(part)
+    return "; ".join(parts) or "flaggad av modellen"
 
 
 def _source_parts(
@@ -766,9 +801,10 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
             out += [
                 '<table class="flagged">',
                 "<thead><tr><th>Segment</th><th>Tema</th><th>Alternativ</th>"
-                '<th class="num">Säkerhet</th><th>Källa</th></tr></thead>',
+                '<th class="num">Säkerhet</th><th>Varför</th><th>Källa</th></tr></thead>',
                 "<tbody>",
             ]
+            reason_column = model_column(coded.frame, "review_reason")
             for _, row in flagged_rows.iterrows():
                 labels = "; ".join(codebook.get(t).label for t in row["_themes"])
                 second = str(row.get("second_theme", "")).strip()
@@ -778,6 +814,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                     f"<td>{_h(row['text'])}</td><td>{_h(labels)}</td>"
                     f"<td>{_h(second_label)}</td>"
                     f'<td class="num">{row["_confidence"] * 100:.0f} %</td>'
+                    f"<td>{_h(_why(row.get(reason_column, '')))}</td>"
                     f"<td>{_h(' · '.join(_source_parts(row)))}</td></tr>"
                 )
             out += ["</tbody>", "</table>"]
