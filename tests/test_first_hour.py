@@ -154,3 +154,33 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     assert code == 0, said
     matrix = pd.read_excel("kodat.xlsx", sheet_name="Alla segment", dtype=str)
     assert RESPONDENT_COLUMNS <= list(matrix.columns)
+
+
+@pytest.mark.slow
+def test_the_terminal_labeller_shows_the_respondent_and_asks_non_answers_last(tmp_path, capsys):
+    """Driven in a pseudo-terminal: a survey answer comes with its respondent's columns, not
+    other respondents' answers above and below, and "Vet ej" and the like come last."""
+    from .test_label import HEADER, PROMPT, spawn
+
+    code, said = qualcode(
+        capsys, "segment", SURVEY, "--column", QUESTION, "-o", tmp_path / "segment.csv"
+    )
+    assert code == 0, said
+    segments = read_table(tmp_path / "segment.csv")
+    non = set(segments.loc[segments["non_answer"] == "true", "segment_id"])
+    codebook = ROOT / "corpora" / "codebook.yaml"
+    child = spawn(
+        "label", str(tmp_path / "segment.csv"), "--codebook", str(codebook),
+        "-o", str(tmp_path / "labels.csv"), "--coder", "anna", "--order", "file",
+    )  # fmt: skip
+    asked = []
+    for _ in range(len(segments)):
+        child.expect(HEADER)
+        asked.append(child.match.group(4))
+        child.expect(PROMPT)
+        screen = child.before
+        assert "Kommun: " in screen and "Roll: " in screen, screen
+        assert "↑" not in screen and "↓" not in screen, screen
+        child.sendline("s")
+    child.sendline("q")
+    assert set(asked[-len(non) :]) == non and not set(asked[: -len(non)]) & non

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -413,9 +414,9 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
         )
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise QualcodeError(f"could not load encoder {name}{where}: {first}") from err
-    model._qualcode_name = BUNDLED if name == BUNDLED else name  # type: ignore[attr-defined]
+    _NAMES[model] = name
     if identity is not None:
-        model._qualcode_identity = f"{model._qualcode_name}@{identity[:16]}"  # type: ignore[attr-defined]
+        _IDENTITIES[model] = f"{name}@{identity[:16]}"
     return model
 
 
@@ -435,10 +436,18 @@ def _quiet_loading() -> Iterator[None]:
             lg.setLevel(level)
 
 
+# What qualcode knows of each loaded encoder, kept beside the objects rather than patched onto
+# them: the name it was loaded by, and its identity (hashing the weights takes a second).
+_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_IDENTITIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def encoder_identity(model: SentenceTransformer) -> str:
     """A string that changes whenever the encoder would embed text differently: the manifest
-    hash for directories qualcode wrote, else a hash of the weights and prompt settings."""
-    cached = getattr(model, "_qualcode_identity", None)
+    hash for directories qualcode wrote, else a hash of the weights and prompt settings
+    (computed once per model object; an encoder changed in place must be a new object, as
+    fine-tuning's copy is)."""
+    cached = _IDENTITIES.get(model)
     if cached:
         return cached
     h = hashlib.sha256()
@@ -446,9 +455,9 @@ def encoder_identity(model: SentenceTransformer) -> str:
         h.update(key.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps([model.prompts, model.default_prompt_name, model.max_seq_length]).encode())
-    name = getattr(model, "_qualcode_name", None) or type(model).__name__
+    name = _NAMES.get(model) or type(model).__name__
     identity = f"{name}@{h.hexdigest()[:16]}"
-    model._qualcode_identity = identity  # type: ignore[attr-defined]
+    _IDENTITIES[model] = identity
     return identity
 
 

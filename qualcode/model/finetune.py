@@ -149,8 +149,6 @@ def finetune_encoder(
     max_seq_length = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
 
     model = copy.deepcopy(encoder)
-    if hasattr(model, "_qualcode_identity"):  # the copy will embed differently: new identity
-        del model._qualcode_identity
     card = getattr(model, "model_card_data", None)
     if card is not None:  # saving must never look the base model up on the Hub
         card.local_files_only = True
