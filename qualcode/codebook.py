@@ -8,6 +8,7 @@ Format::
       - id: coordination_roles          # ^[a-z][a-z0-9_]*$, becomes column p_<id>
         label: Koordineringsroller
         label_en: Coordination roles     # optional
+        color: "#4E79A7"                 # optional, for charts and exports
         description: >-
           Vad som hör till temat ...
         examples:                       # optional
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-_THEME_KEYS = ("id", "label", "label_en", "description", "examples")
+_THEME_KEYS = ("id", "label", "label_en", "description", "examples", "color")
+COLOR_PATTERN = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _MAX_LISTED = 10
 
 
@@ -53,6 +55,7 @@ class Theme:
     label_en: str
     description: str
     examples: tuple[str, ...] = ()
+    color: str = ""  # "#RRGGBB" for charts and REFI-QDA codes; not part of the codebook's hash
 
 
 def _key(value: str) -> str:
@@ -236,12 +239,16 @@ def _parse_theme(raw: Any, number: int, source: str) -> Theme:
         if not text:
             raise QualcodeError(f"{where}: every example must be non-empty text.")
         cleaned.append(text)
+    color = _text(raw.get("color")) or ""
+    if color and not COLOR_PATTERN.match(color):
+        raise QualcodeError(f'{where}: color {color!r} must look like "#4E79A7" (in quotes).')
     return Theme(
         id=theme_id,
         label=_text(raw["label"]) or "",
         label_en=_text(label_en) or "",
         description=_text(raw["description"]) or "",
         examples=tuple(cleaned),
+        color=color.upper(),
     )
 
 

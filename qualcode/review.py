@@ -395,8 +395,9 @@ def _order(kind: str, confidence: float, strength: float | None) -> float:
     return confidence if kind == "low_confidence" else -confidence
 
 
-def write_review(table: pd.DataFrame, path: str | Path, *, excel: bool = False) -> None:
-    """Write the review table atomically (``excel=True``: UTF-8 BOM, ';', decimal comma)."""
+def write_review(table: pd.DataFrame, path: str | Path, *, excel: bool = True) -> None:
+    """Write the review table atomically: for Swedish Excel by default (UTF-8 BOM, ';', decimal
+    comma; ``excel=False``: comma-separated UTF-8), or as a workbook if ``path`` ends in .xlsx."""
     write_table(table, path, excel=excel)
 
 

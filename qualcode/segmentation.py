@@ -514,9 +514,26 @@ def _frame(rows: list[dict[str, object]], document: str) -> pd.DataFrame:
     return frame.astype(types)
 
 
+_PAGE_BREAKS = str.maketrans("", "", "\x0c\x0b")  # form feed, vertical tab (pdftotext)
+
+
 def _text_lines(text: str) -> list[_Line]:
+    """The numbered lines of ``text``; page breaks are dropped from them (a line keeps its
+    number, so provenance still points into the file)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return [_Line(no, line) for no, line in enumerate(text.split("\n"), start=1)]
+    return [_Line(no, line.translate(_PAGE_BREAKS)) for no, line in enumerate(text.split("\n"), 1)]
+
+
+def _with_page_breaks(text: str, lines: list[_Line]) -> list[_Line]:
+    """A page break at the start of a line (``\\f``, as pdftotext writes) ends what came
+    before, like a blank line: a heading after it is a heading."""
+    raw = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out = []
+    for line, original in zip(lines, raw):
+        if original[:1] in ("\x0c", "\x0b"):
+            out.append(_Line(line.no, ""))
+        out.append(line)
+    return out
 
 
 def _check_unit(unit: str) -> None:
@@ -534,7 +551,8 @@ def segment_text(text: str, document: str, *, unit: str = "paragraph") -> pd.Dat
     ``-3`` … in order of appearance.
     """
     _check_unit(unit)
-    return _frame(_segments_from_lines(_text_lines(text), unit), document)
+    lines = _with_page_breaks(text, _text_lines(text))
+    return _frame(_segments_from_lines(lines, unit), document)
 
 
 # --------------------------------------------------------------------------- file readers
@@ -668,27 +686,36 @@ class DocumentText:
         stop = (
             self.line_starts[line_end] - 1 if line_end < len(self.line_starts) else len(self.text)
         )
-        window = self.text[base:stop]
-        found = window.find(text)
-        if found >= 0:
-            return base + found, base + found + len(text)
-        # Compare on letters and digits only: whitespace, markup, bullets and the joins of
-        # sub-bullets (": ", "; ") are what the segmenter changes.
-        kept = [(i, ch) for i, ch in enumerate(window) if ch.isalnum()]
-        letters = "".join(ch for _, ch in kept)
-        wanted = "".join(ch for ch in text if ch.isalnum())
-        found = letters.find(wanted) if wanted else -1
-        if found < 0:
-            return None
-        start, end = kept[found][0], kept[found + len(wanted) - 1][0] + 1
-        # Take in the punctuation and quotes around the words where the text has them too.
-        head = text[: len(text) - len(text.lstrip(_NOT_ALNUM))]
-        tail = text[len(text.rstrip(_NOT_ALNUM)) :]
-        if head and window[max(0, start - len(head)) : start] == head:
-            start -= len(head)
-        if tail and window[end : end + len(tail)] == tail:
-            end += len(tail)
-        return base + start, base + end
+        return find_in(self.text[base:stop], text, base)
+
+    def find(self, text: str) -> tuple[int, int] | None:
+        """Character offsets of ``text`` anywhere in the document (its first occurrence), by
+        the same rules as :meth:`span`: for segments whose lines are not known."""
+        return find_in(self.text, text, 0)
+
+
+def find_in(window: str, text: str, base: int) -> tuple[int, int] | None:
+    """``text``'s span in ``window`` (offsets plus ``base``): verbatim, else by its letters."""
+    found = window.find(text)
+    if found >= 0:
+        return base + found, base + found + len(text)
+    # Compare on letters and digits only: whitespace, markup, bullets and the joins of
+    # sub-bullets (": ", "; ") are what the segmenter changes.
+    kept = [(i, ch) for i, ch in enumerate(window) if ch.isalnum()]
+    letters = "".join(ch for _, ch in kept)
+    wanted = "".join(ch for ch in text if ch.isalnum())
+    found = letters.find(wanted) if wanted else -1
+    if found < 0:
+        return None
+    start, end = kept[found][0], kept[found + len(wanted) - 1][0] + 1
+    # Take in the punctuation and quotes around the words where the text has them too.
+    head = text[: len(text) - len(text.lstrip(_NOT_ALNUM))]
+    tail = text[len(text.rstrip(_NOT_ALNUM)) :]
+    if head and window[max(0, start - len(head)) : start] == head:
+        start -= len(head)
+    if tail and window[end : end + len(tail)] == tail:
+        end += len(tail)
+    return base + start, base + end
 
 
 def _free_name(name: str, taken: set[str]) -> str:

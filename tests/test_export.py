@@ -273,8 +273,9 @@ def test_workbook_layout(seed_predictions, codebook, tmp_path):
         if isinstance(row["id"], str):
             assert row["Segment"] == counts.get(row["id"], 0)
     assert summary["Tema"].tolist()[:2] == ["Koordineringsroller", codebook.themes[1].label]
-    for theme in codebook.themes:
-        sheet = book[[n for n in names if n.startswith(theme.label[:25])][0]]
+    for theme, name in zip(codebook.themes, names[2:]):  # one sheet per theme, in order
+        assert name.rstrip("…") == theme.label[: len(name.rstrip("…"))]
+        sheet = book[name]
         rows = list(sheet.values)
         header, body = rows[0], rows[1:]
         assert len(body) == counts.get(theme.id, 0)

@@ -230,9 +230,9 @@ def demo(output, model_dir, quiet) -> None:
 def _register_steps() -> None:
     # label, review, report and export live in their own CLI modules to keep this file short.
     from qualcode.cli.label_review import label, review
-    from qualcode.cli.report import export, report
+    from qualcode.cli.report import export, import_, report
 
-    for command in (label, review, report, export):
+    for command in (label, review, report, export, import_):
         cli.add_command(command)
 
 

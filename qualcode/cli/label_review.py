@@ -201,7 +201,13 @@ def label(
     metavar="NAME_OR_PATH",
     help="Encoder for the label-error check (default: bundled e5-small).",
 )
-@click.option("--excel", is_flag=True, help="Write UTF-8 with BOM and ';' for Swedish Excel.")
+@click.option(
+    "--excel/--plain-csv",
+    default=True,
+    show_default=True,
+    help="A review file is for people: by default UTF-8 with BOM, ';' and decimal comma, as "
+    "Swedish Excel opens it (or name it .xlsx); --plain-csv writes comma-separated UTF-8.",
+)
 @force_option
 @click.option("--quiet", "-q", is_flag=True, help="Print no agreement table.")
 @click.pass_context

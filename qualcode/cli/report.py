@@ -188,13 +188,32 @@ def export_xlsx(source, codebook, output, force, pseudonymise, names) -> None:
     "the current folder; segments of a document not found are laid out one per paragraph.",
 )
 @click.option("--accepted-only", is_flag=True, help="Leave out segments flagged for review.")
+@click.option(
+    "--into",
+    "project",
+    default=None,
+    type=_path,
+    metavar="PROJECT.qdpx",
+    help="Write the codings into a copy of this project (from `qualcode import qdpx`): the "
+    "analyst's codes and codings stay as they are, ours are added by user 'qualcode'.",
+)
 @_privacy_options
 def export_qdpx(
-    source, codebook, output, force, sources, accepted_only, pseudonymise, names
+    source, codebook, output, force, sources, accepted_only, project, pseudonymise, names
 ) -> None:
     """A REFI-QDA project: the codebook as codes, documents as sources, segments coded."""
     from qualcode.reporting.export import write_qdpx
 
+    if project is not None:
+        from qualcode.reporting.refi import write_into
+
+        if pseudonymise or names:
+            raise click.UsageError("--into keeps the project's own text: leave out --pseudonymise")
+        table, book = _read(source, codebook, output, force, [project, *sources])
+        coded, notes = write_into(project, table, book, output, accepted_only=accepted_only)
+        _say(notes)
+        click.echo(f"{coded} segments coded into a copy of {project.name} → {output}", err=True)
+        return
     table, book = _read(source, codebook, output, force, [*sources, *([names] if names else [])])
     result = write_qdpx(
         table,
@@ -208,3 +227,39 @@ def export_qdpx(
     )
     _say([*result.messages, result.pseudonymised])
     click.echo(f"{result.segments} coded segments → {output}", err=True)
+
+
+@click.group("import")
+def import_() -> None:
+    """Bring in coding done elsewhere: a REFI-QDA project from NVivo, ATLAS.ti, MAXQDA or
+    QualCoder."""
+
+
+@import_.command("qdpx")
+@click.argument("project", type=_path, metavar="PROJECT.qdpx")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=_path,
+    help="A new folder: codebook.yaml, documents/, labels.csv and segments.csv.",
+)
+def import_qdpx(project: Path, output: Path) -> None:
+    """Read PROJECT.qdpx: its codes, text sources and coded selections become a codebook,
+    documents and labels to train on, and its uncoded text a batch to classify."""
+    from qualcode.reporting.refi import import_qdpx as run_import
+
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise click.UsageError(f"-o {output} exists and is not empty: choose a new folder")
+    result = run_import(project, output)
+    _say(result.notes)
+    coders = ", ".join(result.coders) or "nobody"
+    click.echo(
+        f"{result.codes} codes, {result.documents} documents, {result.labelled} coded "
+        f"selections (by {coders}), {result.segments} uncoded segments → {output}",
+        err=True,
+    )
+    next_step(
+        f"qualcode train {output / 'labels.csv'} -o {output / 'model'}",
+        f"qualcode classify {output / 'model'} {output / 'segments.csv'} -o predictions.csv",
+    )

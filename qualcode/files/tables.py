@@ -70,6 +70,12 @@ MAX_ZIP_RATIO = 200  # uncompressed / compressed size of one part above 10 MB
 MAX_BLANK_ROWS = 10_000  # a run of empty spreadsheet rows this long ends the table
 MAX_COLUMNS = 2_000
 MAX_SEGMENT_CHARS = 100_000
+# What Excel shows in a cell whose formula failed (a note typed as "=ok" or "-bra" in a file
+# opened in Excel): the analyst's words are gone, so such a cell is refused, never read.
+EXCEL_ERRORS = frozenset(
+    {"#VALUE!", "#VÄRDEFEL!", "#NAME?", "#NAMN?", "#REF!", "#N/A", "#SAKNAS!", "#DIV/0!",
+     "#NUM!", "#NULL!", "#SPILL!", "#CALC!"}
+)  # fmt: skip
 
 
 def _q(value: object) -> str:
@@ -421,6 +427,15 @@ def _build_frame(
             f"{what} {path.name!r} has a header row but no data rows; add rows below the header."
         )
 
+    for offset, row in enumerate(rows):
+        for name, cell in zip(header, row):
+            if cell.strip() in EXCEL_ERRORS:
+                raise QualcodeError(
+                    f"{what} {path.name!r}: row {header_row + 1 + offset}, column {name!r} reads "
+                    f"{cell.strip()}: Excel evaluated a formula there and the value is lost. "
+                    "Type the value itself (a text starting with '=' or '-': put ' first), save "
+                    "and try again."
+                )
     data = {name: [unneutralise(row[i]) for row in rows] for i, name in enumerate(header)}
     frame = pd.DataFrame(data, columns=header, dtype=str)
     frame.attrs["header_row"] = header_row
@@ -571,17 +586,30 @@ def sheet_name(name: str, taken: Iterable[str] = ()) -> str:
     """A valid, unique Excel sheet name for ``name`` (at most 31 characters, no ``[]:*?/\\``)."""
     base = " ".join(str(name).translate(_SHEET_NAME_BAD).split()).strip("'") or "Blad"
     taken_lower = {t.lower() for t in taken}
-    candidate, n = base[:31], 1
+    candidate, n = _shorten(base, 31), 1
     while candidate.lower() in taken_lower:
         n += 1
         suffix = f" ({n})"
-        candidate = base[: 31 - len(suffix)] + suffix
+        candidate = _shorten(base, 31 - len(suffix)) + suffix
     return candidate
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut between words with "…" when it must be."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;–-") + "…"
 
 
 def _column_width(name: str, values: pd.Series) -> float:
     lengths = [len(str(name))] + [len(str(v)) for v in values.head(200)]
     return float(min(max(8, max(lengths) + 2), 80))
+
+
+PERCENT_COLUMNS = frozenset({"Andel", "share"})  # shares (0–1) shown as percentages in Excel
 
 
 def xlsx_bytes(sheets: Mapping[str, pd.DataFrame], *, layout: bool = True) -> bytes:
@@ -620,8 +648,15 @@ def xlsx_bytes(sheets: Mapping[str, pd.DataFrame], *, layout: bool = True) -> by
                 width = _column_width(column, df.iloc[:, i - 1])
                 sheet.column_dimensions[get_column_letter(i)].width = width
         sheet.append([cell(str(c)) for c in df.columns])
+        shares = [str(c) in PERCENT_COLUMNS for c in df.columns]
         for row in df.itertuples(index=False, name=None):
-            sheet.append([cell(v) for v in row])
+            cells = [cell(v) for v in row]
+            for i, is_share in enumerate(shares):
+                if is_share and isinstance(cells[i], (int, float)):
+                    share = WriteOnlyCell(sheet, value=cells[i])
+                    share.number_format = "0.0%"  # Excel shows 13,8 % in Swedish
+                    cells[i] = share
+            sheet.append(cells)
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()

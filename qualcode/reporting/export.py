@@ -94,7 +94,8 @@ def _replaced_since(pseudonymiser: Pseudonymiser | None, before: Counter[str]) -
 
 
 def theme_color(codebook: Codebook, theme_id: str) -> str:
-    return PALETTE[codebook.ids.index(theme_id) % len(PALETTE)]
+    """The theme's own colour from the codebook, else one of PALETTE by its place."""
+    return codebook.get(theme_id).color or PALETTE[codebook.ids.index(theme_id) % len(PALETTE)]
 
 
 # --------------------------------------------------------------------------- code matrix
@@ -206,12 +207,20 @@ def write_workbook(
 # --------------------------------------------------------------------------- REFI-QDA
 
 
-def _guid(kind: str, name: str) -> str:
+def qda_guid(kind: str, name: str) -> str:
     return str(uuid.uuid5(_GUID_NAMESPACE, f"{kind}/{name}"))
 
 
-def _xml_text(value: object) -> str:
+def xml_text(value: object) -> str:
     return _XML_INVALID.sub("", str(value))
+
+
+def source_bytes(text: str) -> bytes:
+    """A source document as every REFI-QDA client reads it the same way: UTF-8 without BOM,
+    ``\\n`` line ends, and characters XML cannot hold replaced one for one (a page break by a
+    line end, other controls by a space), so offsets counted in ``text`` stay exact."""
+    text = text.replace("\x0c", "\n").replace("\x0b", "\n")
+    return _XML_INVALID.sub(" ", text).encode("utf-8")
 
 
 def find_sources(
@@ -264,13 +273,16 @@ def _laid_out(rows: pd.DataFrame) -> tuple[str, list[tuple[int, int]]]:
 def _located(
     document: DocumentText, rows: pd.DataFrame, original_texts: pd.Series
 ) -> list[tuple[int, int]] | None:
+    """Each segment's span in ``document``: at its recorded lines, or, for rows without them
+    (labels from the labeller, an import or a review), found by its words in the text."""
     spans = []
     for (_, row), text in zip(rows.iterrows(), original_texts):
         try:
             start, end = int(row["line_start"]), int(row["line_end"])
         except (KeyError, ValueError):
-            return None
-        span = document.span(start, end, text)
+            span = document.find(text)
+        else:
+            span = document.span(start, end, text)
         if span is None:
             return None
         spans.append(span)
@@ -333,11 +345,11 @@ def _cases(project: ET.Element, coded: CodedTable) -> None:
     variables = ET.SubElement(project, "Variables")
     variable_guids = {}
     for column in columns:
-        variable_guids[column] = _guid("variable", column)
+        variable_guids[column] = qda_guid("variable", column)
         ET.SubElement(
             variables,
             "Variable",
-            {"guid": variable_guids[column], "name": _xml_text(column), "typeOfVariable": "Text"},
+            {"guid": variable_guids[column], "name": xml_text(column), "typeOfVariable": "Text"},
         )
     # A case is a respondent: one spreadsheet row (its answer may be split into sentences),
     # named by the first column whose values name every row once (such as Respondent).
@@ -355,14 +367,14 @@ def _cases(project: ET.Element, coded: CodedTable) -> None:
             else f"{first['_document']} rad {first.get('line_start', '')}"
         )
         element = ET.SubElement(
-            cases, "Case", {"guid": _guid("case", case), "name": _xml_text(name)}
+            cases, "Case", {"guid": qda_guid("case", case), "name": xml_text(name)}
         )
         for column in columns:
             value = ET.SubElement(element, "VariableValue")
             ET.SubElement(value, "VariableRef", {"targetGUID": variable_guids[column]})
-            ET.SubElement(value, "TextValue").text = _xml_text(str(first[column]))
+            ET.SubElement(value, "TextValue").text = xml_text(str(first[column]))
         for key in rows["_key"]:
-            ET.SubElement(element, "SelectionRef", {"targetGUID": _guid("selection", key)})
+            ET.SubElement(element, "SelectionRef", {"targetGUID": qda_guid("selection", key)})
 
 
 def _qdpx_bytes(
@@ -375,12 +387,12 @@ def _qdpx_bytes(
 ) -> bytes:
     codebook = coded.codebook
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    qualcode_user = _guid("user", "qualcode")
+    qualcode_user = qda_guid("user", "qualcode")
     project = ET.Element(
         "Project",
         {
             "xmlns": QDA_NAMESPACE,
-            "name": _xml_text(codebook.name),
+            "name": xml_text(codebook.name),
             "origin": "qualcode",
             "creatingUserGUID": qualcode_user,
             "creationDateTime": now,
@@ -391,25 +403,25 @@ def _qdpx_bytes(
     ET.SubElement(users, "User", {"guid": qualcode_user, "name": "qualcode"})
     for coder in coded.coders:
         if coder not in user_guids:
-            user_guids[coder] = _guid("user", coder)
-            ET.SubElement(users, "User", {"guid": user_guids[coder], "name": _xml_text(coder)})
+            user_guids[coder] = qda_guid("user", coder)
+            ET.SubElement(users, "User", {"guid": user_guids[coder], "name": xml_text(coder)})
 
     codes = ET.SubElement(ET.SubElement(project, "CodeBook"), "Codes")
     code_guids = {}
     for theme in codebook.themes:
-        code_guids[theme.id] = _guid("code", theme.id)
+        code_guids[theme.id] = qda_guid("code", theme.id)
         code = ET.SubElement(
             codes,
             "Code",
             {
                 "guid": code_guids[theme.id],
-                "name": _xml_text(theme.label),
+                "name": xml_text(theme.label),
                 "isCodable": "true",
                 "color": theme_color(codebook, theme.id),
             },
         )
         english = f"\n\nEnglish: {theme.label_en}" if theme.label_en else ""
-        ET.SubElement(code, "Description").text = _xml_text(
+        ET.SubElement(code, "Description").text = xml_text(
             f"{theme.description}{english}\nqualcode id: {theme.id}"
         )
 
@@ -419,13 +431,13 @@ def _qdpx_bytes(
     files: dict[str, str] = {}
     for document, rows in coded.frame.groupby("_document", sort=False):
         text, spans, how = documents[document]
-        source_guid = _guid("source", document)
+        source_guid = qda_guid("source", document)
         source = ET.SubElement(
             sources_element,
             "TextSource",
             {
                 "guid": source_guid,
-                "name": _xml_text(document),
+                "name": xml_text(document),
                 "plainTextPath": f"internal://{source_guid}.txt",
                 "creatingUser": qualcode_user,
                 "creationDateTime": now,
@@ -440,8 +452,8 @@ def _qdpx_bytes(
                 source,
                 "PlainTextSelection",
                 {
-                    "guid": _guid("selection", row["_key"]),
-                    "name": _xml_text(row.get("segment_id", "") or row["text"][:60]),
+                    "guid": qda_guid("selection", row["_key"]),
+                    "name": xml_text(row.get("segment_id", "") or row["text"][:60]),
                     "startPosition": str(start),
                     "endPosition": str(end),
                     "creatingUser": qualcode_user,
@@ -455,13 +467,13 @@ def _qdpx_bytes(
                     note += "; flaggad för granskning (needs review)" + (
                         f": {reason}" if reason else ""
                     )
-                ET.SubElement(selection, "Description").text = _xml_text(note)
+                ET.SubElement(selection, "Description").text = xml_text(note)
             for theme_id, who in dict.fromkeys(row["_codings"]):
                 coding = ET.SubElement(
                     selection,
                     "Coding",
                     {
-                        "guid": _guid("coding", f"{row['_key']}/{theme_id}/{who}"),
+                        "guid": qda_guid("coding", f"{row['_key']}/{theme_id}/{who}"),
                         "creatingUser": user_guids.get(who, qualcode_user),
                         "creationDateTime": now,
                     },
@@ -469,7 +481,7 @@ def _qdpx_bytes(
                 ET.SubElement(coding, "CodeRef", {"targetGUID": code_guids[theme_id]})
         files[source_guid] = text
     if description:
-        ET.SubElement(project, "Description").text = _xml_text(description)
+        ET.SubElement(project, "Description").text = xml_text(description)
 
     ET.indent(project, space="  ")
     xml = ('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(project, "unicode")).encode()
@@ -477,7 +489,7 @@ def _qdpx_bytes(
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("project.qde", xml)
         for source_guid, text in files.items():
-            archive.writestr(f"sources/{source_guid}.txt", _xml_text(text).encode("utf-8"))
+            archive.writestr(f"sources/{source_guid}.txt", source_bytes(text))
     return buffer.getvalue()
 
 
