@@ -149,12 +149,17 @@ class Pseudonymiser:
         )
         self._placeholders: dict[tuple[str, str], str] = {}
         self._numbers: Counter[str] = Counter()
-        self.counts: Counter[str] = Counter()
 
     @classmethod
     def from_names_file(cls, path: str | os.PathLike[str] | None) -> Pseudonymiser:
         """A pseudonymiser for the names in ``path`` (none if ``path`` is None)."""
         return cls(read_names(path) if path is not None else ())
+
+    @property
+    def counts(self) -> Counter[str]:
+        """How many different personal data of each kind were replaced: a value found in a
+        segment and again in its source document (a .qdpx holds both) counts once."""
+        return Counter(self._numbers)
 
     def _placeholder(self, kind: str, key: str) -> str:
         if (kind, key) not in self._placeholders:
@@ -201,7 +206,6 @@ class Pseudonymiser:
         for m in matches:
             parts += [text[position : m.start], m.placeholder]
             position = m.end
-            self.counts[m.kind] += 1
         parts.append(text[position:])
         return "".join(parts), OffsetMap(matches)
 

@@ -259,7 +259,6 @@ def count_themes(coded: CodedTable, codebook: Codebook, by: str | None) -> pd.Da
     group_of = group_values(coded, by) if by else None
     names = group_columns(coded, by, groups)
     has = {t.id: frame["_themes"].map(lambda ids, t=t.id: t in ids) for t in codebook.themes}
-    total_codings = sum(int(mask.sum()) for mask in has.values())
     rows = []
     for theme in codebook.themes:
         mask = has[theme.id]
@@ -268,7 +267,9 @@ def count_themes(coded: CodedTable, codebook: Codebook, by: str | None) -> pd.Da
             "label": theme.label,
             "label_en": theme.label_en,
             "segments": int(mask.sum()),
-            "share": round(int(mask.sum()) / total_codings, 4) if total_codings else 0.0,
+            # of the segments, not of the codings: a segment with two themes counts for both,
+            # so the shares may add up to more than 100 %, and 9 of 65 reads 13,8 %
+            "share": int(mask.sum()) / len(frame) if len(frame) else 0.0,
         }
         if coded.predictions:
             row["flagged"] = int((mask & frame["_flagged"]).sum())

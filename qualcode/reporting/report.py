@@ -58,12 +58,18 @@ from qualcode.reporting.coded import (
     theme_counts,
     theme_scores,
 )
-from qualcode.reporting.export import PALETTE, theme_color, write_qdpx, write_workbook
+from qualcode.reporting.export import theme_color, write_qdpx, write_workbook
 
 __all__ = ["ReportResult", "exemplar_quotes", "report", "theme_counts"]
 
 MAX_CHART_GROUPS = 8
 MAX_TABLE_GROUPS = 12
+GROUPS_PER_TABLE = 4  # more groups than this are split over several tables that fit the page
+# Groups are not themes: the by-group chart colours its groups from a palette of its own (blue
+# to green, light to dark), so a group is never mistaken for the theme of the same colour.
+GROUP_PALETTE = (
+    "#08306B", "#2171B5", "#6BAED6", "#C6DBEF", "#00441B", "#238B45", "#74C476", "#C7E9C0",
+)  # fmt: skip
 NEAR_DUPLICATE = 0.6
 
 _BY_NAMES = {"document": ("dokument", "document"), "section": ("avsnitt", "section")}
@@ -254,7 +260,7 @@ def _groups_chart(
     axes = figure.add_subplot()
     y = list(range(len(themes)))
     left = [0] * len(themes)
-    colors = list(PALETTE[:MAX_CHART_GROUPS]) + ["#CCCCCC"]
+    colors = list(GROUP_PALETTE[:MAX_CHART_GROUPS]) + ["#BBBBBB"]
     for (name, values), color in zip(series, colors):
         axes.barh(
             y,
@@ -262,7 +268,7 @@ def _groups_chart(
             left=left,
             color=color,
             height=0.62,
-            label=_short(name),
+            label=_wrap(name, 34),
             edgecolor="white",
             linewidth=0.6,
         )
@@ -286,7 +292,7 @@ def _groups_chart(
     )
     figure.legend(
         loc="outside lower center",
-        ncols=min(3, len(series)),
+        ncols=min(2, len(series)),
         frameon=False,
         fontsize=8,
         title=swedish.capitalize(),
@@ -494,7 +500,7 @@ def _markdown(c: _Contents, charts: dict[str, str], n: int) -> str:
         if "groups" in charts:
             out += [f"![Teman per {_md(swedish)}]({charts['groups']})", ""]
         shown = groups[:MAX_TABLE_GROUPS]
-        header = ["Tema"] + [_md(_short(g, 30)) for g in shown]
+        header = ["Tema"] + [_md(g) for g in shown]
         rows = []
         for _, row in counts.iterrows():
             cells: list[object] = [_md(row["label"])]
@@ -584,8 +590,16 @@ th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: lef
   vertical-align: top; }
 th { background: #f0f3f6; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.scroll { overflow-x: auto; }
-table.by-group th { white-space: normal; min-width: 7em; }
+table.by-group { table-layout: fixed; }
+table.by-group th, table.by-group td { overflow-wrap: anywhere; white-space: normal; }
+table.by-group th:first-child, table.by-group td:first-child { width: 34%; }
+td, th { overflow-wrap: anywhere; }
+@media print {
+  body { background: #fff; }
+  main { max-width: none; padding: 0; }
+  img.chart { break-inside: avoid; }
+  tr, article.theme { break-inside: avoid; }
+}
 tr.total td { font-weight: 600; border-top: 2px solid var(--ink); }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 8px; }
 article.theme { border: 1px solid var(--line); border-radius: 6px;
@@ -704,7 +718,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
     if len(themes) and int(themes["segments"].sum()) > int(total["segments"]):
         out.append(
             '<p class="note">Ett segment med flera teman räknas en gång per tema; andelen är '
-            "andelen av alla kodningar.</p>"
+            "andelen av alla segment, så andelarna kan tillsammans bli mer än 100 %.</p>"
         )
     out.append("</section>")
 
@@ -720,19 +734,21 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                 f'src="{_data_uri(charts["groups"])}">'
             )
         shown = groups[:MAX_TABLE_GROUPS]
-        out += ['<div class="scroll">', '<table class="by-group">', "<thead><tr><th>Tema</th>"]
-        out += [f'<th class="num">{_h(_short(g, 30))}</th>' for g in shown]
-        out += ["</tr></thead>", "<tbody>"]
-        for _, row in counts.iterrows():
-            css = ' class="total"' if row["theme"] == TOTAL else ""
-            cells = [f"<td>{_h(row['label'])}</td>"]
-            for group in shown:
-                cell = str(row[names[group]])
-                if coded.predictions:
-                    cell += f" ({row[names[group] + ' (unflagged)']})"
-                cells.append(f'<td class="num" data-group="{_h(group)}">{cell}</td>')
-            out.append(f'<tr{css} data-theme="{_h(row["theme"])}">{"".join(cells)}</tr>')
-        out += ["</tbody>", "</table>", "</div>"]
+        for first in range(0, len(shown), GROUPS_PER_TABLE):  # tables that fit the page
+            part = shown[first : first + GROUPS_PER_TABLE]
+            out += ['<table class="by-group">', "<thead><tr><th>Tema</th>"]
+            out += [f'<th class="num">{_h(g)}</th>' for g in part]
+            out += ["</tr></thead>", "<tbody>"]
+            for _, row in counts.iterrows():
+                css = ' class="total"' if row["theme"] == TOTAL else ""
+                cells = [f"<td>{_h(row['label'])}</td>"]
+                for group in part:
+                    cell = str(row[names[group]])
+                    if coded.predictions:
+                        cell += f" ({row[names[group] + ' (unflagged)']})"
+                    cells.append(f'<td class="num" data-group="{_h(group)}">{cell}</td>')
+                out.append(f'<tr{css} data-theme="{_h(row["theme"])}">{"".join(cells)}</tr>')
+            out += ["</tbody>", "</table>"]
         if coded.predictions:
             out.append('<p class="note">Antal segment (varav säkra, ej flaggade).</p>')
         if len(groups) > len(shown):
