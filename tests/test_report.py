@@ -554,3 +554,10 @@ def test_a_share_is_of_the_segments_and_rounded_once(codebook):
     counts = theme_counts(table, codebook, by=None).set_index("theme")
     assert counts.loc["steering", "segments"] == 9
     assert _percent(counts.loc["steering", "share"]) == "13,8 %"  # 9 of 65, not of 74 codings
+
+
+def test_groups_are_not_coloured_like_themes():
+    from qualcode.reporting.export import PALETTE
+    from qualcode.reporting.report import GROUP_PALETTE
+
+    assert not set(GROUP_PALETTE) & set(PALETTE)
