@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("reporting", ("qualcode.reporting",)),
-    ("app", ("qualcode.demo", "qualcode.cli")),
+    ("app", ("qualcode.demo", "qualcode.app", "qualcode.cli")),
 ]
 ROOT = ("qualcode", "qualcode.__main__")  # the package's lazy exports and `python -m qualcode`
 

@@ -227,6 +227,38 @@ def demo(output, model_dir, quiet) -> None:
         click.echo(line, err=True)
 
 
+@cli.command()
+@click.argument("folder", default=".", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Needed to listen on another address than 127.0.0.1 (the token still protects it).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL (for servers and tests).")
+@click.option("--lang", type=click.Choice(["sv", "en"]), default="sv", show_default=True)
+def app(folder, port, host, allow_remote, no_browser, lang):
+    """A local web app over FOLDER (segments.csv, codebook.yaml, labels.csv, model/,
+    predictions.csv): label, review, browse and correct, train and classify."""
+    from qualcode.app import Workspace, serve
+
+    if host not in ("127.0.0.1", "localhost") and not allow_remote:
+        raise click.UsageError(
+            f"--host {host} lets other machines reach the app: add --allow-remote to mean it"
+        )
+    if not folder.is_dir():
+        raise QualcodeError(f"{folder} is not a folder")
+    workspace = Workspace(folder.resolve(), lang=lang)
+    serve(
+        workspace,
+        host=host,
+        port=port,
+        open_browser=not no_browser,
+        say=lambda line: click.echo(line, err=True),
+    )
+
+
 def _register_steps() -> None:
     # label, review, report and export live in their own CLI modules to keep this file short.
     from qualcode.cli.label_review import label, review

@@ -1,0 +1,44 @@
+// Keyboard first: a number key picks that theme and saves, 0 skips, u undoes.
+document.addEventListener("keydown", (event) => {
+  const form = document.getElementById("answer");
+  if (!form || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target && (target.tagName === "INPUT" || target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
+  const button = form.querySelector(`button[data-key="${event.key}"]`);
+  if (button) {
+    event.preventDefault();
+    button.click();
+  }
+});
+// Running jobs: show their state until they end.
+const jobs = document.querySelectorAll("[data-job]");
+if (jobs.length) {
+  const poll = async () => {
+    const response = await fetch("/status", { credentials: "same-origin" });
+    const state = await response.json();
+    let running = false;
+    for (const element of jobs) {
+      const job = state[element.dataset.job];
+      if (job) {
+        element.textContent = `${job.state}: ${job.message}`;
+        running = running || job.state === "running";
+      }
+    }
+    if (running) setTimeout(poll, 1000);
+  };
+  poll();
+}
+// Sortable tables: click a header.
+for (const table of document.querySelectorAll("table.sortable")) {
+  table.querySelectorAll("th").forEach((th, column) => {
+    th.tabIndex = 0;
+    th.addEventListener("click", () => {
+      const body = table.tBodies[0];
+      const rows = [...body.rows];
+      const up = th.dataset.order !== "up";
+      rows.sort((a, b) => a.cells[column].textContent.localeCompare(b.cells[column].textContent, "sv") * (up ? 1 : -1));
+      th.dataset.order = up ? "up" : "down";
+      rows.forEach((row) => body.appendChild(row));
+    });
+  });
+}
