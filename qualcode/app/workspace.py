@@ -232,4 +232,3 @@ class Workspace:
             [self.labels_path], self.codebook(), predictions=predictions, label_errors=False
         )
         return result.table
-
