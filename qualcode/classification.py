@@ -237,6 +237,8 @@ def review_summary(predictions: pd.DataFrame) -> str:
 def summarize(predictions: pd.DataFrame, model: ThemeModel) -> pd.DataFrame:
     """Themes × segments × flagged, in codebook order: a segment counts for each theme in its
     ``themes`` (as the report counts them), so the rows may add up to more than the total."""
+    skipped = non_answers(predictions)
+    predictions = predictions[~skipped]
     themes = predictions[model_column(predictions, "themes")].fillna("").astype(str).str.split(";")
     flags = predictions[model_column(predictions, "needs_review")].astype(bool)
     rows = []

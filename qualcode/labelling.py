@@ -771,9 +771,10 @@ def template_segments(
     most helpful first (:func:`most_helpful_first`), else file order; non-answers (survey
     answers such as "vet ej") last; then the ``first`` N."""
     done: set[str] = set()
-    for path in labelled:
-        table = read_labels_table(path)
+    for path in labelled:  # any labels file: the labeller's, the seed set, one review apply wrote
+        table = read_table(path, required=("segment_id", "theme"), what="labels file")
         done |= set(table.loc[table["theme"].astype(str).str.strip() != "", "segment_id"])
+    left_out = int(segments["segment_id"].isin(done).sum())
     segments = segments[~segments["segment_id"].isin(done)].reset_index(drop=True)
     how = "file order"
     if model is not None and len(segments):
@@ -781,8 +782,8 @@ def template_segments(
         segments, how = segments.iloc[rows].reset_index(drop=True), "most helpful first"
     skipped = non_answers(segments)
     segments = pd.concat([segments[~skipped], segments[skipped]], ignore_index=True)
-    if done:
-        how += f", {len(done)} already labelled left out"
+    if left_out:
+        how += f", {left_out} already labelled left out"
     if first is not None:
         segments = segments.head(first)
     return segments, how

@@ -392,3 +392,18 @@ def test_cli_errors_are_one_line(tmp_path, notes):
         ["--template", str(notes), "--codebook", str(CODEBOOK), "-o", str(tmp_path / "x.xlsx")],
     )
     assert result.exit_code == 0 and (tmp_path / "x.xlsx").exists()
+
+
+def test_a_template_leaves_out_what_any_labels_file_holds(tmp_path):
+    from qualcode.labelling import template_segments
+
+    seed = read_table(ROOT / "corpora" / "labels" / "seed_set.csv")  # no labelled_at column
+    segments = seed[["segment_id", "document", "section", "text"]].head(10)
+    chosen, how = template_segments(
+        segments, labelled=[ROOT / "corpora" / "labels" / "seed_set.csv"]
+    )
+    assert chosen.empty and "10 already labelled left out" in how  # of this batch, not 206
+    half = seed.head(5)
+    write_table(half, tmp_path / "some.csv")
+    chosen, how = template_segments(segments, labelled=[tmp_path / "some.csv"])
+    assert len(chosen) == 5 and "5 already labelled" in how

@@ -196,3 +196,69 @@ def test_import_train_classify_and_write_back(tmp_path, capsys):
     assert sorted(map(tuple, kept[["text", "theme", "coder", "start", "end"]].values)) == sorted(
         map(tuple, first[["text", "theme", "coder", "start", "end"]].values)
     )
+
+
+def _tiny_project(path: Path, sources: str, codes: str) -> None:
+    xml = (
+        f'<?xml version="1.0" encoding="utf-8"?><Project xmlns="{NS}" name="P">'
+        f'<Users><User guid="{ANNA}" name="Anna"/></Users>'
+        f"<CodeBook><Codes>{codes}</Codes></CodeBook><Sources>{sources}</Sources></Project>"
+    )
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("project.qde", xml)
+
+
+def _selection(text: str, line: str, code: str, n: int, nth: int = 0) -> str:
+    start = -1
+    for _ in range(nth + 1):
+        start = text.index(line, start + 1)
+    return (
+        f'<PlainTextSelection guid="5e1ec700-0000-4000-8000-{n:012d}" '
+        f'startPosition="{start}" endPosition="{start + len(line)}" creatingUser="{ANNA}">'
+        f'<Coding guid="c0d10000-0000-4000-8000-{n:012d}" creatingUser="{ANNA}">'
+        f'<CodeRef targetGUID="{code}"/></Coding></PlainTextSelection>'
+    )
+
+
+def test_hostile_and_odd_projects(tmp_path, capsys):
+    """Sources without or with the same guid, codes of the same name in two places, a repeated
+    text coded in one place only: imported whole, one clear line where it cannot be."""
+    a, b = "c0000000-0000-4000-8000-00000000000a", "c0000000-0000-4000-8000-00000000000b"
+    codes = (
+        f'<Code guid="{a}" name="Alfa" isCodable="true"><Code guid="{b}x" name="Beta" '
+        f'isCodable="true"/></Code><Code guid="{b}" name="alfa" isCodable="true"/>'
+    )
+    text = "Bättre kommunikation.\nEn samordnare.\nBättre kommunikation.\nBättre kommunikation.\n"
+    sources = (
+        f'<TextSource name="a.txt"><PlainTextContent>{text}</PlainTextContent>'
+        f"{_selection(text, 'Bättre kommunikation.', a, 1, nth=1)}</TextSource>"
+        f'<TextSource guid="g" name="b.txt"><PlainTextContent>Hej hopp.</PlainTextContent>'
+        f"</TextSource>"
+        f'<TextSource guid="g" name="c.txt"><PlainTextContent>Hej igen.</PlainTextContent>'
+        f"</TextSource>"
+    )
+    _tiny_project(tmp_path / "p.qdpx", sources, codes)
+    code, said = run(capsys, "import", "qdpx", tmp_path / "p.qdpx", "-o", tmp_path / "out")
+    assert code == 0, said
+    labels = read_table(tmp_path / "out" / "labels.csv")
+    assert labels["start"].tolist() == [str(text.index("Bättre kommunikation.", 1))]
+    segments = read_table(tmp_path / "out" / "segments.csv")
+    texts = segments["text"].tolist()
+    assert texts.count("Bättre kommunikation.") == 2 and "Hej igen." in texts
+    assert segments["segment_id"].is_unique
+    book = (tmp_path / "out" / "codebook.yaml").read_text(encoding="utf-8")
+    assert "label: Alfa\n" in book and "label: alfa (2)" in book
+
+    broken = tmp_path / "broken.qdpx"
+    broken.write_bytes(b"PK\x03\x04 not a zip")
+    code, said = run(capsys, "import", "qdpx", broken, "-o", tmp_path / "never")
+    assert code == 2 and said.count("qualcode: error:") == 1 and "Traceback" not in said
+    assert not (tmp_path / "never").exists()
+
+
+def test_writing_labels_into_a_project_is_refused(tmp_path, capsys):
+    build_project(tmp_path / "nvivo.qdpx")
+    assert run(capsys, "import", "qdpx", tmp_path / "nvivo.qdpx", "-o", tmp_path / "proj")[0] == 0
+    code, said = run(capsys, "export", "qdpx", tmp_path / "proj" / "labels.csv", "--into",
+                     tmp_path / "nvivo.qdpx", "-o", tmp_path / "x.qdpx")  # fmt: skip
+    assert code == 2 and "predictions file" in said, said

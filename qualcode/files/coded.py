@@ -109,6 +109,7 @@ def parse_flags(values: pd.Series, rows: list[int]) -> list[bool]:
 
 def non_answers(table: pd.DataFrame) -> np.ndarray:
     """Which rows are non-answers (their ``non_answer`` cell is true); none without the column."""
-    if NON_ANSWER not in table.columns:
+    if NON_ANSWER not in table.columns or table.empty:
         return np.zeros(len(table), dtype=bool)
-    return np.array(parse_flags(column_text(table, NON_ANSWER), spreadsheet_rows(table)))
+    flags = parse_flags(column_text(table, NON_ANSWER), spreadsheet_rows(table))
+    return np.array(flags, dtype=bool)

@@ -327,7 +327,8 @@ def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
     clf.classes_ = classes
     clf.temperature_ = float(head["temperature"][0])
     if card["multi_label"]:
-        clf.calibration_bias_ = float(head["calibration_bias"][0])
+        # models saved before multi-label calibration: their temperature is 1, no bias
+        clf.calibration_bias_ = float(head.get("calibration_bias", [0.0])[0])
     clf.train_features_ = head["train_features"]
     clf.C_ = card["classifier"]["C"]
     clf.prior_weight_ = card["classifier"]["prior_weight"]

@@ -33,7 +33,13 @@ import yaml
 
 from qualcode.codebook import Codebook, load_codebook
 from qualcode.errors import QualcodeError
-from qualcode.files.coded import model_column, non_answers, parse_confidence, parse_flags
+from qualcode.files.coded import (
+    is_predictions,
+    model_column,
+    non_answers,
+    parse_confidence,
+    parse_flags,
+)
 from qualcode.files.tables import (
     atomic_write_bytes,
     atomic_write_text,
@@ -191,7 +197,9 @@ def _sources(root: ET.Element, archive: zipfile.ZipFile, notes: list[str]) -> li
                 f"text source {element.get('name')!r} has no readable text in the project; left out"
             )
             continue
-        out.append(_Source(element.get("guid", ""), element.get("name", ""), text, document))
+        out.append(
+            _Source(element.get("guid", ""), element.get("name", ""), text, document, element)
+        )
     other = [e for kind in OTHER_SOURCES for e in root.findall(f"q:Sources/q:{kind}", NS)]
     if other:
         notes.append(
@@ -242,11 +250,10 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     sources = _sources(root, archive, notes)
     if not sources:
         raise QualcodeError(f"{path.name!r} has no text sources to code.")
-    elements = {e.get("guid"): e for e in root.findall("q:Sources/q:TextSource", NS)}
 
     rows, coded_spans = [], {}
     for source in sources:
-        selections = elements[source.guid].findall("q:PlainTextSelection", NS)
+        selections = source.element.findall("q:PlainTextSelection", NS)
         source.text = _newline_basis(source.text, selections)
         spans = coded_spans.setdefault(source.document, [])
         for selection in selections:
@@ -263,7 +270,6 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
             text = " ".join(source.text[start:end].split())
             if not text:
                 continue
-            spans.append((start, end))
             by_coder: dict[str, list[str]] = {}
             stamps: dict[str, str] = {}
             for coding in codings:
@@ -277,6 +283,8 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
                 if code.theme_id not in themes:
                     themes.append(code.theme_id)
                 stamps.setdefault(coder, coding.get("creationDateTime", ""))
+            if by_coder:
+                spans.append((start, end))  # coded: not asked again as a batch segment
             for coder, themes in by_coder.items():
                 rows.append(
                     {
@@ -300,6 +308,7 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
             plain = source.text.replace("\r\n", "\n").replace("\r", "\n")
             atomic_write_text(documents / source.document, plain)
         atomic_write_text(out / "codebook.yaml", _codebook_yaml(root, codes, path))
+        load_codebook(out / "codebook.yaml")  # what is written reads back, or nothing is
         write_table(labels, out / "labels.csv")
         segments = _uncoded_segments(sources, documents, coded_spans)
         write_table(segments, out / "segments.csv")
@@ -307,7 +316,6 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
         found = len(list(root.iter(_tag(kind))))
         if found:
             notes.append(f"{found} {what} not read (they stay in the project)")
-    load_codebook(folder / "codebook.yaml")  # what was written reads back
     return ImportResult(
         folder,
         len(codes),
@@ -320,11 +328,18 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
 
 
 def _codebook_yaml(root: ET.Element, codes: list[_Code], path: Path) -> str:
-    themes = []
+    # A theme's label must name no other theme (ids and labels resolve alike): codes of the
+    # same name in two places, or named like another code's id, get a number.
+    themes, taken = [], {c.theme_id for c in codes}
     for code in codes:
+        label, n = " › ".join(code.path), 1
+        while label.casefold() in taken and label.casefold() != code.theme_id:
+            n += 1
+            label = f"{' › '.join(code.path)} ({n})"
+        taken.add(label.casefold())
         theme = {
             "id": code.theme_id,
-            "label": " › ".join(code.path),
+            "label": label,
             "description": code.description or f"Koden {' › '.join(code.path)} från {path.name}.",
         }
         if re.fullmatch(r"#[0-9A-Fa-f]{6}", code.color):
@@ -341,12 +356,15 @@ def _uncoded_segments(
     coded text gives way to the lines of it that no one coded."""
     frame = segment([documents / s.document for s in sources])
     texts = {s.document: s.text for s in sources}
-    rows = []
+    rows, cursor = [], {}
     for row in frame.to_dict("records"):
         document = row["document"]
         spans = coded.get(document, [])
         text = texts[document]
-        where = find_in(text, row["text"], 0) if spans else None
+        after = cursor.get(document, 0)
+        where = find_in(text[after:], row["text"], after) or find_in(text, row["text"], 0)
+        if where is not None:
+            cursor[document] = where[1]
         if where is None or not any(a < where[1] and where[0] < b for a, b in spans):
             rows.append(row)
             continue
@@ -363,7 +381,13 @@ def _uncoded_segments(
                         "text": piece,
                     }
                 )
-    return pd.DataFrame(rows, columns=frame.columns).drop_duplicates("segment_id")
+    out = pd.DataFrame(rows, columns=frame.columns)
+    seen: dict[str, int] = {}
+    ids = []
+    for sid in out["segment_id"]:  # a text repeated under one heading: -2, -3 as segment does
+        seen[sid] = seen.get(sid, 0) + 1
+        ids.append(sid if seen[sid] == 1 else f"{sid}-{seen[sid]}")
+    return out.assign(segment_id=ids)
 
 
 def _uncoded_lines(
@@ -443,12 +467,18 @@ def write_into(
             selections = element.findall("q:PlainTextSelection", NS)
             by_document[document] = (element, _newline_basis(text, selections))
 
+    if not is_predictions(table):
+        raise QualcodeError(
+            "--into writes the model's codings: give the predictions file from `qualcode "
+            "classify` (a labels file's codings are in the project already, or import it anew)"
+        )
     rows = spreadsheet_rows(table)
     theme_column = model_column(table, "theme")
     confidence = parse_confidence(table[model_column(table, "confidence")], rows)
     flagged = parse_flags(table[model_column(table, "needs_review")], rows)
     skipped = non_answers(table)
     coded, missing, unplaced = 0, set(), 0
+    cursor: dict[str, int] = {}
     for i, row in enumerate(table.to_dict("records")):
         themes = [t for t in str(row.get(model_column(table, "themes"), "")).split(";") if t]
         themes = themes or [t for t in [str(row.get(theme_column, ""))] if t]
@@ -459,13 +489,15 @@ def write_into(
             missing.add(document)
             continue
         element, text = by_document[document]
-        span = find_in(text, str(row["text"]), 0) or find_in(
-            text.replace("\r\n", "\n"), str(row["text"]), 0
-        )
+        # Segments come in reading order: look after the last one first, so a repeated text
+        # ("Bättre kommunikation.") is placed at its own occurrence.
+        after = cursor.get(document, 0)
+        span = find_in(text[after:], str(row["text"]), after) or find_in(text, str(row["text"]), 0)
         if span is None:
             unplaced += 1
             continue
         start, end = span
+        cursor[document] = end
         selection = ET.Element(
             _tag("PlainTextSelection"),
             {
