@@ -49,3 +49,15 @@ def swedish_sentences() -> list[str]:
     for path in sorted((CORPORA / "seeds").glob("*.txt")):
         lines += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     return [ln for ln in lines if len(ln) > 40][:100]
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str]:
+    """Run ``qualcode ARGS`` in this process: (exit code, everything it printed)."""
+    import pytest
+
+    from qualcode.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return done.value.code or 0, captured.out + captured.err

@@ -190,14 +190,9 @@ def _chromium() -> str | None:
     return found
 
 
-@pytest.mark.slow
-def test_html_renders_in_headless_chromium(seed_html, tmp_path):
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("chromium not installed (CI installs it: .ci/run)")
-    path, _ = seed_html
-    shot = tmp_path / "shot.png"
-    flags = [
+def _chromium_flags(tmp_path: Path, width: int, height: int) -> list[str]:
+    """Headless, offline, a profile of its own, a window of this size."""
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -207,8 +202,18 @@ def test_html_renders_in_headless_chromium(seed_html, tmp_path):
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1000,1400",
+        f"--window-size={width},{height}",
     ]
+
+
+@pytest.mark.slow
+def test_html_renders_in_headless_chromium(seed_html, tmp_path):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed (CI installs it: .ci/run)")
+    path, _ = seed_html
+    shot = tmp_path / "shot.png"
+    flags = _chromium_flags(tmp_path, 1000, 1400)
     subprocess.run(
         [chromium, *flags, f"--screenshot={shot}", path.as_uri()],
         check=True,
@@ -603,11 +608,7 @@ def test_no_table_is_wider_than_the_page(seed_predictions, codebook, tmp_path, w
         html = html.replace("@media print", "@media all")
     measured = tmp_path / "measured.html"
     measured.write_text(html.replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000",
-    ]  # fmt: skip
+    flags = _chromium_flags(tmp_path, width, 1000)
     dom = subprocess.run(
         [chromium, *flags, "--dump-dom", measured.as_uri()],
         check=True,

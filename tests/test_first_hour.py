@@ -15,10 +15,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from qualcode.cli import main
 from qualcode.files.tables import read_table
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 SURVEY = ROOT / "corpora" / "survey" / "enkat.xlsx"
 QUESTION = "Vad skulle förbättra samverkan mellan region och kommun?"
@@ -50,13 +49,6 @@ ANSWERS = {
 }
 
 
-def qualcode(capsys, *args: object) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out + captured.err
-
-
 def no_none(text: str) -> None:
     assert "None" not in text and "nan" not in text.split(), text
 
@@ -68,9 +60,7 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     shutil.copy(SURVEY, "enkat.xlsx")
     shutil.copy(ROOT / "corpora" / "codebook.yaml", "codebook.yaml")
 
-    code, said = qualcode(
-        capsys, "segment", "enkat.xlsx", "--column", QUESTION, "-o", "segment.csv"
-    )
+    code, said = run_cli(capsys, "segment", "enkat.xlsx", "--column", QUESTION, "-o", "segment.csv")
     assert code == 0, said
     assert "39 segments" in said and "1 empty answer(s) left out" in said
     assert "7 answer(s) with nothing to code" in said and "next: `qualcode label" in said
@@ -80,7 +70,7 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     assert non == {"Vet ej", "Nej.", "-", "Inget", "Bra", "Vet inte.", "???"}
 
     # Excel route: Swedish labels in the drop-down, the survey's columns, non-answers last.
-    code, said = qualcode(capsys, "label", "--template", "segment.csv", "-o", "att_koda.xlsx")
+    code, said = run_cli(capsys, "label", "--template", "segment.csv", "-o", "att_koda.xlsx")
     assert code == 0 and "codebook: codebook.yaml" in said, said
     book = openpyxl.load_workbook("att_koda.xlsx")
     sheet = book["segments"]
@@ -97,21 +87,21 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
         if picked:
             row[header.index("theme")].value = ";".join(picked)
     book.save("att_koda.xlsx")
-    code, said = qualcode(capsys, "label", "--import", "att_koda.xlsx", "-o", "etiketter.csv")
+    code, said = run_cli(capsys, "label", "--import", "att_koda.xlsx", "-o", "etiketter.csv")
     assert code == 0 and "22 labels imported" in said, said
 
     # A second template leaves out what is labelled.
-    code, said = qualcode(
+    code, said = run_cli(
         capsys, "label", "--template", "segment.csv", "--labels", "etiketter.csv", "-o", "mer.xlsx"
     )
     assert code == 0 and "17 segments to label" in said, said
 
-    code, said = qualcode(capsys, "train", "etiketter.csv", "-o", "models/enkat", "-q")
+    code, said = run_cli(capsys, "train", "etiketter.csv", "-o", "models/enkat", "-q")
     assert code == 0, said
     no_none(said)
     Path("codebook.yaml").unlink()  # from here on, the model folder's copy is found
 
-    code, said = qualcode(
+    code, said = run_cli(
         capsys, "classify", "models/enkat", "segment.csv", "-o", "prediktioner.csv", "-q"
     )
     assert code == 0, said
@@ -127,15 +117,15 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     assert (predictions.loc[flagged, "review_reason"] != "").all()  # every flag says why
     assert (predictions.loc[~skipped, "theme"] != "").all()
 
-    code, said = qualcode(
+    code, said = run_cli(
         capsys, "review", "--predictions", "prediktioner.csv", "--labels", "etiketter.csv",
         "-o", "granskning.csv",
     )  # fmt: skip
     assert code == 0 and "codebook: models/enkat/codebook.yaml" in said, said
-    code, said = qualcode(capsys, "review", "apply", "etiketter.csv", "--labels", "granskning.csv")
+    code, said = run_cli(capsys, "review", "apply", "etiketter.csv", "--labels", "granskning.csv")
     assert code == 2 and "look swapped" in said, said
 
-    code, said = qualcode(
+    code, said = run_cli(
         capsys, "report", "prediktioner.csv", "-o", "rapport.html", "--pseudonymise", "-q"
     )
     assert code == 0, said
@@ -145,12 +135,12 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     assert "19450312" not in html and "1234" not in html  # a bad checksum is still personal
     no_none(html)
 
-    code, said = qualcode(capsys, "export", "qdpx", "prediktioner.csv", "-o", "projekt.qdpx")
+    code, said = run_cli(capsys, "export", "qdpx", "prediktioner.csv", "-o", "projekt.qdpx")
     assert code == 0, said
     project = zipfile.ZipFile("projekt.qdpx").read("project.qde").decode("utf-8")
     assert '<Variable guid="' in project and 'name="Kommun"' in project
     assert '<Case guid="' in project and 'name="R16"' in project
-    code, said = qualcode(capsys, "export", "xlsx", "prediktioner.csv", "-o", "kodat.xlsx")
+    code, said = run_cli(capsys, "export", "xlsx", "prediktioner.csv", "-o", "kodat.xlsx")
     assert code == 0, said
     matrix = pd.read_excel("kodat.xlsx", sheet_name="Alla segment", dtype=str)
     assert RESPONDENT_COLUMNS <= list(matrix.columns)
@@ -162,7 +152,7 @@ def test_the_terminal_labeller_shows_the_respondent_and_asks_non_answers_last(tm
     other respondents' answers above and below, and "Vet ej" and the like come last."""
     from .test_label import HEADER, PROMPT, spawn
 
-    code, said = qualcode(
+    code, said = run_cli(
         capsys, "segment", SURVEY, "--column", QUESTION, "-o", tmp_path / "segment.csv"
     )
     assert code == 0, said

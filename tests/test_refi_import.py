@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from qualcode.cli import main
 from qualcode.files.tables import read_table
 
-from .conftest import SHARED
+from .conftest import SHARED, run_cli
 
 NS = "urn:QDA-XML:project:1.0"
 XSD = SHARED / "refi-qda" / "Project-mrt2019.xsd"
@@ -118,13 +117,6 @@ def build_project(path: Path) -> dict[str, str]:
     return {}
 
 
-def run(capsys, *args: object) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out + captured.err
-
-
 def validate(path: Path) -> str:
     lxml = pytest.importorskip("lxml.etree")
     xml = zipfile.ZipFile(path).read("project.qde")
@@ -135,7 +127,7 @@ def validate(path: Path) -> str:
 
 def test_import_reads_codes_sources_and_codings(tmp_path, capsys):
     build_project(tmp_path / "nvivo.qdpx")
-    code, said = run(capsys, "import", "qdpx", tmp_path / "nvivo.qdpx", "-o", tmp_path / "proj")
+    code, said = run_cli(capsys, "import", "qdpx", tmp_path / "nvivo.qdpx", "-o", tmp_path / "proj")
     assert code == 0, said
     assert "PDF" in said and "notes not read" in said
     book = (tmp_path / "proj" / "codebook.yaml").read_text(encoding="utf-8")
@@ -162,15 +154,15 @@ def test_import_train_classify_and_write_back(tmp_path, capsys):
     original = tmp_path / "nvivo.qdpx"
     build_project(original)
     proj = tmp_path / "proj"
-    assert run(capsys, "import", "qdpx", original, "-o", proj)[0] == 0
-    code, said = run(capsys, "train", proj / "labels.csv", "-o", proj / "model", "-q")
+    assert run_cli(capsys, "import", "qdpx", original, "-o", proj)[0] == 0
+    code, said = run_cli(capsys, "train", proj / "labels.csv", "-o", proj / "model", "-q")
     assert code == 0, said
-    code, said = run(
+    code, said = run_cli(
         capsys, "classify", proj / "model", proj / "segments.csv", "-o", proj / "p.csv", "-q"
     )
     assert code == 0, said
     out = tmp_path / "tillbaka.qdpx"
-    code, said = run(capsys, "export", "qdpx", proj / "p.csv", "--into", original, "-o", out)
+    code, said = run_cli(capsys, "export", "qdpx", proj / "p.csv", "--into", original, "-o", out)
     assert code == 0 and "into a copy of nvivo.qdpx" in said, said
     xml = validate(out)
     before = zipfile.ZipFile(original).read("project.qde").decode("utf-8")
@@ -187,7 +179,7 @@ def test_import_train_classify_and_write_back(tmp_path, capsys):
                 assert a.read(name) == b.read(name), name
     predictions = read_table(proj / "p.csv")
     again = tmp_path / "again"
-    assert run(capsys, "import", "qdpx", out, "-o", again)[0] == 0
+    assert run_cli(capsys, "import", "qdpx", out, "-o", again)[0] == 0
     labels = read_table(again / "labels.csv")
     by_qualcode = labels[labels["coder"] == "qualcode"]
     assert set(by_qualcode["text"]) == set(predictions["text"])
@@ -238,7 +230,7 @@ def test_hostile_and_odd_projects(tmp_path, capsys):
         f"</TextSource>"
     )
     _tiny_project(tmp_path / "p.qdpx", sources, codes)
-    code, said = run(capsys, "import", "qdpx", tmp_path / "p.qdpx", "-o", tmp_path / "out")
+    code, said = run_cli(capsys, "import", "qdpx", tmp_path / "p.qdpx", "-o", tmp_path / "out")
     assert code == 0, said
     labels = read_table(tmp_path / "out" / "labels.csv")
     assert labels["start"].tolist() == [str(text.index("Bättre kommunikation.", 1))]
@@ -251,14 +243,15 @@ def test_hostile_and_odd_projects(tmp_path, capsys):
 
     broken = tmp_path / "broken.qdpx"
     broken.write_bytes(b"PK\x03\x04 not a zip")
-    code, said = run(capsys, "import", "qdpx", broken, "-o", tmp_path / "never")
+    code, said = run_cli(capsys, "import", "qdpx", broken, "-o", tmp_path / "never")
     assert code == 2 and said.count("qualcode: error:") == 1 and "Traceback" not in said
     assert not (tmp_path / "never").exists()
 
 
 def test_writing_labels_into_a_project_is_refused(tmp_path, capsys):
     build_project(tmp_path / "nvivo.qdpx")
-    assert run(capsys, "import", "qdpx", tmp_path / "nvivo.qdpx", "-o", tmp_path / "proj")[0] == 0
-    code, said = run(capsys, "export", "qdpx", tmp_path / "proj" / "labels.csv", "--into",
+    code, said = run_cli(capsys, "import", "qdpx", tmp_path / "nvivo.qdpx", "-o", tmp_path / "p")
+    assert code == 0, said
+    code, said = run_cli(capsys, "export", "qdpx", tmp_path / "p" / "labels.csv", "--into",
                      tmp_path / "nvivo.qdpx", "-o", tmp_path / "x.qdpx")  # fmt: skip
     assert code == 2 and "predictions file" in said, said
