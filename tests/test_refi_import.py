@@ -257,3 +257,13 @@ def test_writing_labels_into_a_project_is_refused(tmp_path, capsys):
     code, said = run_cli(capsys, "export", "qdpx", tmp_path / "p" / "labels.csv", "--into",
                      tmp_path / "nvivo.qdpx", "-o", tmp_path / "x.qdpx")  # fmt: skip
     assert code == 2 and "predictions file" in said, said
+
+
+def test_a_project_with_large_media_is_read(tmp_path, capsys):
+    """A video that compresses well is copied, not unpacked: the project still imports, and its
+    text is bounded where it is read."""
+    build_project(tmp_path / "p.qdpx")
+    with zipfile.ZipFile(tmp_path / "p.qdpx", "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("sources/film.mp4", b"\0" * (12 * 2**20))  # 12 MB, a zip-bomb ratio
+    code, said = run_cli(capsys, "import", "qdpx", tmp_path / "p.qdpx", "-o", tmp_path / "out")
+    assert code == 0, said

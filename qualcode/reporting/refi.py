@@ -22,6 +22,7 @@ import datetime as dt
 import io
 import os
 import re
+import shutil
 import unicodedata
 import xml.etree.ElementTree as ET
 import zipfile
@@ -41,9 +42,10 @@ from qualcode.files.coded import (
     parse_flags,
 )
 from qualcode.files.tables import (
+    MAX_TEXT_BYTES,
+    MAX_ZIP_RATIO,
     atomic_write_bytes,
     atomic_write_text,
-    check_zip_container,
     spreadsheet_rows,
     staged_folder,
     write_table,
@@ -102,7 +104,6 @@ class ImportResult:
 def _read_project(path: Path) -> tuple[ET.Element, zipfile.ZipFile]:
     if not path.is_file():
         raise QualcodeError(f"REFI-QDA project {path.name!r} not found; check the path.")
-    check_zip_container(path, "REFI-QDA project")
     try:
         archive = zipfile.ZipFile(path)
         names = archive.namelist()
@@ -111,6 +112,19 @@ def _read_project(path: Path) -> tuple[ET.Element, zipfile.ZipFile]:
             raise QualcodeError(
                 f"{path.name!r} holds no project.qde: is it a REFI-QDA project (.qdpx)?"
             )
+        # Only the project file and the text sources are read, so only they are bounded (a
+        # project's videos or PDFs may be large; they are copied, never unpacked in memory).
+        for info in archive.infolist():
+            read = info.filename == entry or info.filename.lower().endswith(".txt")
+            if read and (
+                info.file_size > MAX_TEXT_BYTES
+                or info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) > 10 * 2**20
+            ):
+                raise QualcodeError(
+                    f"{path.name!r}: {info.filename} would unpack to "
+                    f"{info.file_size / 2**20:,.0f} MB; qualcode reads project files and text "
+                    f"sources up to {MAX_TEXT_BYTES // 2**20} MB"
+                )
         root = ET.fromstring(archive.read(entry))
     except (zipfile.BadZipFile, ET.ParseError) as err:
         raise QualcodeError(f"{path.name!r} is not a readable REFI-QDA project: {err}") from None
@@ -545,7 +559,8 @@ def write_into(
         for info in archive.infolist():
             if info.filename.lower().endswith(".qde"):
                 out.writestr(info.filename, '<?xml version="1.0" encoding="utf-8"?>\n' + xml)
-            else:
-                out.writestr(info, archive.read(info.filename))
+            else:  # streamed: a project's media need not fit in memory
+                with archive.open(info) as source, out.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, 2**20)
     atomic_write_bytes(output, buffer.getvalue())
     return coded, notes
