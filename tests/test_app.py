@@ -95,9 +95,14 @@ def _fits(driver, name: str) -> None:
 
 
 def _wait(driver, condition, timeout: float = 180):
+    """Wait for ``condition``; an element that went away as the page changed is looked up
+    again on the next poll (the page reloads after every answer)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=ignored)
+    return wait.until(condition)
 
 
 def test_the_app_loop_in_chromium(tmp_path):
