@@ -717,6 +717,10 @@ class LabellingSession:
         """Every segment has an answer."""
         self.result.finished = True
 
+    def refresh(self) -> None:
+        """Read the labels file again (another tab, coder or command may have written it)."""
+        self._state()
+
     def _after_change(self) -> None:
         self._state()
         self._maybe_retrain()

@@ -122,7 +122,7 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
     def label(request: Request) -> HTMLResponse:
         session = workspace.session(_coder(request))
         with workspace.lock, session.store:
-            session._state()
+            session.refresh()
             i = session.next_segment()
             if i is None:
                 return _page(workspace, request, "label.html", segment=None, session=session)
@@ -142,7 +142,7 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
         session = workspace.session(_coder(request))
         action = form.get("action") or "save"
         with workspace.lock, session.store:
-            session._state()
+            session.refresh()
             index = int(form.get("index", -1))
             if not 0 <= index < len(session.segments):
                 raise QualcodeError("no such segment")

@@ -215,6 +215,16 @@ def xml_text(value: object) -> str:
     return _XML_INVALID.sub("", str(value))
 
 
+def selection_note(confidence: float, flagged: bool, reason: object = "") -> str:
+    """The description of a selection qualcode coded: its confidence, and its review flag
+    with the reason."""
+    note = f"qualcode: säkerhet (confidence) {confidence:.2f}"
+    if flagged:
+        reason = str(reason or "").strip()
+        note += "; flaggad för granskning (needs review)" + (f": {reason}" if reason else "")
+    return note
+
+
 def source_bytes(text: str) -> bytes:
     """A source document as every REFI-QDA client reads it the same way: UTF-8 without BOM,
     ``\\n`` line ends, and characters XML cannot hold replaced one for one (a page break by a
@@ -461,12 +471,9 @@ def _qdpx_bytes(
                 },
             )
             if coded.predictions:
-                note = f"qualcode: säkerhet (confidence) {row['_confidence']:.2f}"
-                if row["_flagged"]:
-                    reason = str(row.get("review_reason", "")).strip()
-                    note += "; flaggad för granskning (needs review)" + (
-                        f": {reason}" if reason else ""
-                    )
+                note = selection_note(
+                    row["_confidence"], row["_flagged"], row.get("review_reason", "")
+                )
                 ET.SubElement(selection, "Description").text = xml_text(note)
             for theme_id, who in dict.fromkeys(row["_codings"]):
                 coding = ET.SubElement(

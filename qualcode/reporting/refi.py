@@ -51,7 +51,7 @@ from qualcode.files.tables import (
     write_table,
 )
 from qualcode.labelling import LABEL_COLUMNS
-from qualcode.reporting.export import QDA_NAMESPACE, qda_guid, xml_text
+from qualcode.reporting.export import QDA_NAMESPACE, qda_guid, selection_note, xml_text
 from qualcode.segmentation import find_in, segment, segment_id
 
 __all__ = ["ImportResult", "import_qdpx", "write_into"]
@@ -523,10 +523,8 @@ def write_into(
                 "creationDateTime": now,
             },
         )
-        note = f"qualcode: säkerhet (confidence) {confidence[i]:.2f}"
-        if flagged[i]:
-            reason = str(row.get(model_column(table, "review_reason"), "")).strip()
-            note += "; flaggad för granskning (needs review)" + (f": {reason}" if reason else "")
+        reason = row.get(model_column(table, "review_reason"), "")
+        note = selection_note(confidence[i], flagged[i], reason)
         ET.SubElement(selection, _tag("Description")).text = xml_text(note)
         for theme_id in themes:
             if theme_id not in code_guids:
