@@ -174,6 +174,7 @@ def test_import_train_classify_and_write_back(tmp_path, capsys):
         assert guid in xml, element
     assert xml.count("<Coding ") > before.count("<Coding ")
     assert 'name="qualcode"' in xml and "PDFSource" in xml and "Minnesanteckning" in xml
+    assert "<Description>qualcode: säkerhet (confidence) 0." in xml  # each new coding says so
     # the sources are untouched and every new selection sits at its segment's words
     with zipfile.ZipFile(original) as a, zipfile.ZipFile(out) as b:
         for name in a.namelist():
