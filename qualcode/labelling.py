@@ -10,6 +10,10 @@ Labels CSV contract (:data:`LABEL_COLUMNS`, written by the labeller and by ``--i
                  empty = the coder skipped the segment (``qualcode train`` ignores such rows)
     coder        who labelled it
     labelled_at  ISO 8601 time of the answer
+    note         the coder's note on the answer (may be empty)
+
+Files from before the ``note`` column are read as they are and given the (empty) column, after
+a backup, when a labelling session first opens them.
 
 The labeller appends one row per answer and fsyncs it at once, so killing the process loses at
 most the answer being typed. The file is append-only except for undo, which rewrites it
@@ -64,7 +68,10 @@ __all__ = [
     "write_template",
 ]
 
-LABEL_COLUMNS = ("segment_id", "document", "section", "text", "theme", "coder", "labelled_at")
+LABEL_COLUMNS = (
+    "segment_id", "document", "section", "text", "theme", "coder", "labelled_at", "note"
+)  # fmt: skip
+LABEL_COLUMNS_BEFORE_NOTE = LABEL_COLUMNS[:-1]
 MIN_LABELS_PER_THEME = 2  # zero-shot suggestions until every theme has this many labels ...
 COLD_START_ANSWERS_PER_THEME = 4  # ... or the coder gave this many answers per theme
 UNCERTAIN_POOL = 10  # choose the next segment among this many least certain ones
@@ -143,7 +150,9 @@ def read_labels_table(path: str | Path, codebook: Codebook | None = None) -> pd.
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0 or not _has_rows(path):
         return pd.DataFrame({c: pd.Series(dtype=str) for c in LABEL_COLUMNS})
-    table = read_table(path, required=LABEL_COLUMNS, what="labels file")
+    table = read_table(path, required=LABEL_COLUMNS_BEFORE_NOTE, what="labels file")
+    if "note" not in table.columns:
+        table["note"] = ""
     if codebook is not None:
         parsed = codebook.check_themes(
             table["theme"], what=f"labels file {path.name!r}", rows=spreadsheet_rows(table)
@@ -166,13 +175,17 @@ class LabelStore:
     """The labels CSV of one coder's session: durable appends, atomic undo, a session lock.
 
     Use as a context manager; a second session on the same file is refused while the first
-    runs (the lock is released by the OS even if the process is killed).
+    runs (the lock is released by the OS even if the process is killed), unless ``wait`` gives
+    the seconds to wait for it (the app holds the lock only while it reads or writes).
     """
 
-    def __init__(self, path: str | Path, coder: str, codebook: Codebook | None = None):
+    def __init__(
+        self, path: str | Path, coder: str, codebook: Codebook | None = None, *, wait: float = 0
+    ):
         self.path = Path(path)
         self.coder = coder
         self.codebook = codebook
+        self.wait = wait
         self.repaired: Path | None = None
         self._lock: Any = None
 
@@ -182,7 +195,7 @@ class LabelStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_beside(self.path)
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=self.wait)
         except Timeout:
             raise QualcodeError(
                 f"another `qualcode label` session is writing {self.path.name!r}; "
@@ -233,6 +246,11 @@ class LabelStore:
         with self.path.open("rb") as handle:
             first = handle.readline().decode("utf-8-sig", errors="replace")
         header = [unneutralise(h.strip()) for h in next(csv.reader([first]), [])]
+        if header == list(LABEL_COLUMNS_BEFORE_NOTE):
+            table = read_table(self.path, what="labels file")
+            backup_file(self.path)
+            write_table(table.assign(note=""), self.path)
+            return
         if header != list(LABEL_COLUMNS):
             raise QualcodeError(
                 f"{self.path.name!r} exists but is not a labels file of `qualcode label` (columns "
@@ -249,8 +267,11 @@ class LabelStore:
         """All rows of the file (themes checked against the codebook when one was given)."""
         return read_labels_table(self.path, self.codebook)
 
-    def append(self, segment: Mapping[str, Any], themes: Sequence[str]) -> dict[str, str]:
-        """Append the answer ``themes`` (empty = skipped) for ``segment`` and fsync it."""
+    def append(
+        self, segment: Mapping[str, Any], themes: Sequence[str], note: str = ""
+    ) -> dict[str, str]:
+        """Append the answer ``themes`` (empty = skipped) and ``note`` for ``segment`` and
+        fsync it."""
         row = {
             "segment_id": str(segment["segment_id"]),
             "document": str(segment.get("document", "")),
@@ -259,6 +280,7 @@ class LabelStore:
             "theme": ";".join(themes),
             "coder": self.coder,
             "labelled_at": now(),
+            "note": note.strip(),
         }
         append_row_durably(self.path, LABEL_COLUMNS, row)
         return row
@@ -485,6 +507,8 @@ class LabellingSession:
     model : a trained model: its suggestions are shown, and with ``order="active"`` the
         segments come in :func:`most_helpful_first` order (labelling a new batch).
     retrain_every : retrain the suggestion model after this many answers.
+    lock_wait : seconds to wait for the labels file's lock (0: refuse at once while another
+        session holds it).
 
     Use it as a context manager (it holds the labels file's lock), then :meth:`prepare`.
     """
@@ -502,6 +526,7 @@ class LabellingSession:
         encoder: str | None = None,
         model: ThemeModel | None = None,
         progress: bool = True,
+        lock_wait: float = 0,
     ):
         if order not in ("active", "file"):
             raise QualcodeError(f"order must be 'active' or 'file', not {order!r}")
@@ -514,7 +539,7 @@ class LabellingSession:
             )
         self.segments = segments.reset_index(drop=True)
         self.codebook = codebook
-        self.store = LabelStore(output, coder or default_coder(), codebook)
+        self.store = LabelStore(output, coder or default_coder(), codebook, wait=lock_wait)
         self.multi_label = multi_label
         self.order = order
         self.retrain_every = retrain_every
@@ -572,15 +597,15 @@ class LabellingSession:
         return out
 
     def prepare(self) -> None:
-        """Embed the segments and start the suggestion model (slow: the encoder loads)."""
-        labels = self.store.read()
+        """Embed the segments and start the suggestion model (slow: the encoder loads). It
+        reads no file: the labels are those read on entering (or at the last refresh)."""
         from qualcode.model.classifier import get_encoder, prototype_texts, zero_shot_proba
         from qualcode.model.encoders import embed
 
         model = get_encoder(self.encoder)
         texts = self.segments["text"].tolist()
         known = set(texts)
-        extra = [t for t in labels["text"].tolist() if t not in known]
+        extra = [t for t, _ in self.training if t not in known]
         everything = list(dict.fromkeys(texts + extra + prototype_texts(self.codebook)[0]))
         vectors = embed(everything, model, progress=self.progress)
         lookup = dict(zip(everything, vectors))
@@ -687,9 +712,9 @@ class LabellingSession:
         return themes, float(row[top]), source
 
     # ------------------------------------------------------------------ answers
-    def record(self, i: int, themes: Sequence[str]) -> None:
-        """Save the themes of row ``i`` (none: skipped)."""
-        self.store.append(self.segments.iloc[i], list(themes))
+    def record(self, i: int, themes: Sequence[str], note: str = "") -> None:
+        """Save the themes of row ``i`` (none: skipped) and the coder's ``note``."""
+        self.store.append(self.segments.iloc[i], list(themes), note)
         self._asked.add(i)
         self._recent.append(i)
         if themes:
@@ -797,9 +822,9 @@ def template_bytes(
     segments: pd.DataFrame, codebook: Codebook, *, multi_label: bool = False
 ) -> bytes:
     """An XLSX workbook: sheet ``segments`` (segment_id, document, section, the survey's own
-    columns, text, theme) with a drop-down of the themes' labels in ``theme`` (ids are accepted
-    too), and sheet ``themes`` listing labels, ids and descriptions. With ``multi_label`` the
-    drop-down only warns, so ``a;b`` can be typed."""
+    columns, text, theme, note) with a drop-down of the themes' labels in ``theme`` (ids are
+    accepted too), and sheet ``themes`` listing labels, ids and descriptions. With
+    ``multi_label`` the drop-down only warns, so ``a;b`` can be typed."""
     import openpyxl
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
     from openpyxl.styles import Alignment, Font
@@ -817,16 +842,16 @@ def template_bytes(
     from openpyxl.utils import get_column_letter
 
     own = [c for c in segments.columns if c not in (*LABEL_COLUMNS, *TEMPLATE_HIDDEN)]
-    columns = ["segment_id", "document", "section", *own, "text", "theme"]
+    columns = ["segment_id", "document", "section", *own, "text", "theme", "note"]
     for c, name in enumerate(columns, start=1):
         put(sheet, 1, c, name).font = Font(bold=True)
     wrap = Alignment(wrap_text=True, vertical="top")
-    for r, row in enumerate(segments[columns[:-1]].fillna("").itertuples(index=False), start=2):
+    for r, row in enumerate(segments[columns[:-2]].fillna("").itertuples(index=False), start=2):
         for c, value in enumerate(row, start=1):
             put(sheet, r, c, value).alignment = wrap
     sheet.freeze_panes = "A2"
     letter = {name: get_column_letter(c) for c, name in enumerate(columns, start=1)}
-    widths = {"segment_id": 22, "document": 18, "section": 24, "text": 80, "theme": 30}
+    widths = {"segment_id": 22, "document": 18, "section": 24, "text": 80, "theme": 30, "note": 40}
     _autosize(sheet, {letter[n]: widths.get(n, 16) for n in columns})
 
     themes = book.create_sheet(THEMES_SHEET)
@@ -929,6 +954,7 @@ def import_template(
             "theme": [";".join(parsed[i]) for i in filled],
             "coder": coders,
             "labelled_at": [stamp] * len(filled),
+            "note": [str(sheet["note"].iloc[i]).strip() if "note" in sheet else "" for i in filled],
         },
         columns=list(LABEL_COLUMNS),
         dtype=str,

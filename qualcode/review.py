@@ -574,6 +574,7 @@ def _apply(
                 "theme": d.themes,
                 "coder": resolver,
                 "labelled_at": stamp,
+                "note": d.note,
             }
             new_rows.append({c: values.get(c, "") for c in table.columns})
             audit.append({**entry, "coder": resolver, "old_theme": ""})

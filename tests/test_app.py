@@ -107,6 +107,7 @@ def _wait(driver, condition, timeout: float = 180):
 
 def test_the_app_loop_in_chromium(tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     driver = _driver_or_skip()
@@ -115,7 +116,7 @@ def test_the_app_loop_in_chromium(tmp_path):
     shutil.copy(ROOT / "corpora" / "codebook.yaml", folder / "codebook.yaml")
     write_table(skane_notes(ROOT / "corpora"), folder / "segments.csv")
     seed = read_table(ROOT / "corpora" / "labels" / "seed_set.csv")
-    seed["labelled_at"] = "2026-11-01T10:00:00+00:00"
+    seed["labelled_at"], seed["note"] = "2026-11-01T10:00:00+00:00", ""
     write_table(seed[list(LABEL_COLUMNS)], folder / "labels.csv")
     port = 8800 + os.getpid() % 150
     process, url = _start(folder, port)
@@ -147,8 +148,17 @@ def test_the_app_loop_in_chromium(tmp_path):
                 assert "built-in method" not in driver.page_source
             segment = card.get_attribute("data-segment")
             assert segment not in answered
+            body = driver.find_element(By.TAG_NAME, "body")
+            if n == 3:  # n writes a note, Esc comes back; the note goes with the answer
+                body.send_keys("n")
+                driver.switch_to.active_element.send_keys("oklart, två teman?", Keys.ESCAPE)
+                noted = segment
             key = str(n % 8 + 1)
-            theme = card.find_element(By.CSS_SELECTOR, f'button[data-key="{key}"]')
+            if n == 5:  # Enter saves the suggestion
+                key = Keys.ENTER
+                theme = card.find_element(By.CSS_SELECTOR, 'button[data-suggested="yes"]')
+            else:
+                theme = card.find_element(By.CSS_SELECTOR, f'button[data-key="{key}"]')
             answered[segment] = theme.get_attribute("value")
             driver.find_element(By.TAG_NAME, "body").send_keys(key)
             _wait(driver, lambda d, s=segment: d.find_element(By.ID, "segment")
@@ -157,6 +167,14 @@ def test_the_app_loop_in_chromium(tmp_path):
         mine = labels[labels["coder"] == "anna"]
         assert list(labels.columns) == list(LABEL_COLUMNS)
         assert dict(zip(mine["segment_id"], mine["theme"])) == answered
+        assert dict(zip(mine["segment_id"], mine["note"])) == {
+            s: "oklart, två teman?" if s == noted else "" for s in answered
+        }
+        driver.get(f"{base}/label")
+        per_theme = driver.find_elements(By.CSS_SELECTOR, "#per-theme tbody tr")
+        shown = {r.get_attribute("data-theme"): int(r.find_elements(By.TAG_NAME, "td")[1].text)
+                 for r in per_theme}  # fmt: skip
+        assert shown == {t: list(answered.values()).count(t) for t in shown}
 
         driver.get(f"{base}/")
         _fits(driver, "home")
@@ -218,3 +236,85 @@ def test_the_app_loop_in_chromium(tmp_path):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_apps_over_one_folder_two_coders_and_two_tabs_lose_nothing(tmp_path):
+    """Two servers over one shared folder (as two analysts would run them), anna in two tabs
+    on one, bo on the other, all answering at once: every answer is a row in labels.csv."""
+    import threading
+
+    import uvicorn
+
+    from qualcode.app import Workspace
+    from qualcode.app.server import create_app
+
+    folder = tmp_path / "delad"
+    folder.mkdir()
+    shutil.copy(ROOT / "corpora" / "codebook.yaml", folder / "codebook.yaml")
+    write_table(skane_notes(ROOT / "corpora"), folder / "segments.csv")
+    servers, bases = [], []
+    for multi_label in (False, True):  # the second app allows several themes per segment
+        port = _free_port()
+        workspace = Workspace(folder, multi_label=multi_label)
+        config = uvicorn.Config(create_app(workspace, port=port), port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append(server)
+        bases.append((f"http://127.0.0.1:{port}", workspace.token))
+    posted: dict[str, list[str]] = {"anna": [], "bo": []}
+    failures: list[str] = []
+
+    def tab(base: str, token: str, coder: str, key: int) -> None:
+        cookie = f"qualcode_token={token}; qualcode_coder={coder}"
+        try:
+            for n in range(6):
+                request = urllib.request.Request(f"{base}/label", headers={"Cookie": cookie})
+                page = urllib.request.urlopen(request, timeout=120).read().decode()
+                index = re.search(r'name="index" value="(\d+)"', page).group(1)
+                form = re.search(r'name="form_token" value="(\w+)"', page).group(1)
+                segment = re.search(r'data-segment="([^"]+)"', page).group(1)
+                themes = re.findall(r'name="theme" value="(\w+)"', page)
+                chosen = f"theme={themes[(n + key) % 8]}"
+                if 'type="checkbox"' in page:
+                    chosen += f"&theme={themes[(n + key + 1) % 8]}&action=save"
+                body = f"form_token={form}&index={index}&{chosen}&note=flik+{key}".encode()
+                answer = urllib.request.Request(f"{base}/label", data=body,
+                                                headers={"Cookie": cookie})  # fmt: skip
+                assert urllib.request.urlopen(answer, timeout=120).status == 200
+                posted[coder].append(segment)
+        except Exception as err:  # noqa: BLE001 - reported by the test below
+            failures.append(f"{coder}/{key}: {err!r}")
+
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(s.started for s in servers):
+        time.sleep(0.1)
+    try:
+        tabs = [
+            threading.Thread(target=tab, args=(*bases[0], "anna", 1)),
+            threading.Thread(target=tab, args=(*bases[0], "anna", 2)),
+            threading.Thread(target=tab, args=(*bases[1], "bo", 3)),
+        ]
+        for thread in tabs:
+            thread.start()
+        for thread in tabs:
+            thread.join(timeout=300)
+    finally:
+        for server in servers:
+            server.should_exit = True
+    assert not failures, failures
+    labels = read_table(folder / "labels.csv")
+    assert list(labels.columns) == list(LABEL_COLUMNS)
+    for coder, segments in posted.items():
+        rows = labels[labels["coder"] == coder]
+        assert sorted(rows["segment_id"]) == sorted(segments)  # one row per answer, none lost
+    assert len(posted["anna"]) == 12 and len(posted["bo"]) == 6
+    assert set(labels["note"]) == {"flik 1", "flik 2", "flik 3"}
+    assert all(t.count(";") == 1 for t in labels.loc[labels["coder"] == "bo", "theme"])

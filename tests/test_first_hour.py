@@ -75,7 +75,9 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     book = openpyxl.load_workbook("att_koda.xlsx")
     sheet = book["segments"]
     header = [c.value for c in sheet[1]]
-    assert header == ["segment_id", "document", "section", *RESPONDENT_COLUMNS, "text", "theme"]
+    assert header == [
+        "segment_id", "document", "section", *RESPONDENT_COLUMNS, "text", "theme", "note"
+    ]  # fmt: skip
     [validation] = sheet.data_validations.dataValidation
     assert "themes!$A$2" in validation.formula1
     assert book["themes"]["A2"].value == "Koordineringsroller"
@@ -86,9 +88,11 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
         picked = ANSWERS.get(row[header.index("Respondent")].value)
         if picked:
             row[header.index("theme")].value = ";".join(picked)
+            row[header.index("note")].value = "ett citat till rapporten"
     book.save("att_koda.xlsx")
     code, said = run_cli(capsys, "label", "--import", "att_koda.xlsx", "-o", "etiketter.csv")
     assert code == 0 and "22 labels imported" in said, said
+    assert set(read_table("etiketter.csv")["note"]) == {"ett citat till rapporten"}
 
     # A second template leaves out what is labelled.
     code, said = run_cli(

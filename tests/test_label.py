@@ -104,6 +104,38 @@ def test_store_refuses_foreign_files_and_a_second_session(tmp_path):
             LabelStore(path, "bo").__enter__()
 
 
+def test_notes_are_kept_and_files_from_before_notes_are_upgraded_with_a_backup(tmp_path):
+    path = tmp_path / "labels.csv"
+    old = "segment_id,document,section,text,theme,coder,labelled_at\ns1,d,,Ett svar,steering,bo,\n"
+    path.write_text(old, encoding="utf-8")
+    assert read_labels_table(path)["note"].tolist() == [""]  # read as it is, not rewritten
+    assert path.read_text(encoding="utf-8") == old
+    with LabelStore(path, "anna") as store:
+        store.append({"segment_id": "s2", "text": "Två"}, [], "  oklart: två teman?  ")
+    (backup,) = tmp_path.glob("labels.csv.*.bak")
+    assert backup.read_text(encoding="utf-8") == old
+    table = read_labels_table(path)
+    assert list(table.columns) == list(LABEL_COLUMNS)
+    assert table[["segment_id", "theme", "note"]].values.tolist() == [
+        ["s1", "steering", ""],
+        ["s2", "", "oklart: två teman?"],
+    ]
+
+
+def test_a_store_can_wait_for_the_lock_instead_of_refusing(tmp_path):
+    import threading
+    import time
+
+    path = tmp_path / "labels.csv"
+    holder = LabelStore(path, "anna").__enter__()
+    threading.Timer(0.5, holder.__exit__).start()
+    started = time.monotonic()
+    with LabelStore(path, "bo", wait=10) as store:  # what the app does
+        store.append({"segment_id": "s1", "text": "Ett"}, ["other"])
+    assert 0.3 < time.monotonic() - started < 10
+    assert read_labels_table(path)["coder"].tolist() == ["bo"]
+
+
 def test_uncertainty_and_diverse_choice():
     proba = np.array([[0.5, 0.45, 0.05], [0.9, 0.05, 0.05], [0.34, 0.33, 0.33]])
     assert np.allclose(uncertainty(proba), [0.05, 0.85, 0.01])
@@ -139,7 +171,7 @@ def earlier(codebook) -> pd.DataFrame:
     seed = read_table(ROOT / "corpora" / "labels" / "seed_set.csv")
     seed = seed[~seed["theme"].str.contains(";")]
     rows = pd.concat([seed[seed["theme"] == t].head(2) for t in codebook.ids])
-    return rows.assign(coder="seed", labelled_at="")[list(LABEL_COLUMNS)]
+    return rows.assign(coder="seed", labelled_at="", note="")[list(LABEL_COLUMNS)]
 
 
 @pytest.mark.slow

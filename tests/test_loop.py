@@ -107,7 +107,7 @@ def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
     assert labelled["theme"].tolist()[0] == "shared_view_continuity"
 
     # 2. the training labels: the seed set plus the analyst's labels, one labels file
-    seed = read_table(SEED_SET).assign(labelled_at="")
+    seed = read_table(SEED_SET).assign(labelled_at="", note="")
     labels = tmp_path / "labels.csv"
     write_table(pd.concat([seed[list(LABEL_COLUMNS)], labelled], ignore_index=True), labels)
     qualcode("train", labels, "--codebook", CODEBOOK, "-o", tmp_path / "model", "--quiet")

@@ -146,17 +146,18 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
             index = int(form.get("index", -1))
             if not 0 <= index < len(session.segments):
                 raise QualcodeError("no such segment")
+            note = str(form.get("note") or "")
             if action == "undo":
                 session.undo(index)
             elif action == "skip":
-                session.record(index, [])
+                session.record(index, [], note)
             else:
                 themes = [session.codebook.resolve(t) for t in form.get("theme", []) if t]
                 if len(themes) > 1 and not session.multi_label:
                     themes = themes[:1]
                 if not themes:
                     raise QualcodeError("choose a theme (or skip)")
-                session.record(index, themes)
+                session.record(index, themes, note)
         return RedirectResponse("/label", 303)
 
     def set_coder(request: Request) -> Any:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from qualcode.codebook import Codebook, find_codebook
 from qualcode.errors import QualcodeError
+from qualcode.files.labels import LABELS_LOCK_TIMEOUT
 from qualcode.files.tables import read_table, write_table
 from qualcode.labelling import LabellingSession, read_segments
 
@@ -53,6 +54,14 @@ TEXTS = {
         "search": "Sök",
         "flagged": "Flaggad",
         "keyhelp": "Siffertangent väljer tema och sparar, 0 hoppar över, u ångrar.",
+        "note": "Anteckning",
+        "notehelp": "n skriver en anteckning (sparas med svaret), Esc tillbaka.",
+        "save_suggestion": "Enter sparar förslaget.",
+        "save_chosen": "Siffertangent väljer eller väljer bort ett tema, Enter sparar.",
+        "per_theme": "Per tema",
+        "mine": "mina",
+        "everyone": "alla kodare",
+        "theme": "Tema",
     },
     "en": {
         "title": "qualcode",
@@ -73,6 +82,14 @@ TEXTS = {
         "search": "Search",
         "flagged": "Flagged",
         "keyhelp": "A number key picks a theme and saves, 0 skips, u undoes.",
+        "note": "Note",
+        "notehelp": "n writes a note (saved with the answer), Esc returns.",
+        "save_suggestion": "Enter saves the suggestion.",
+        "save_chosen": "A number key picks or unpicks a theme, Enter saves.",
+        "per_theme": "Per theme",
+        "mine": "mine",
+        "everyone": "all coders",
+        "theme": "Theme",
     },
 }
 
@@ -92,6 +109,7 @@ class Workspace:
 
     folder: Path
     lang: str = "sv"
+    multi_label: bool = False
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     lock: threading.RLock = field(default_factory=threading.RLock)
     sessions: dict[str, LabellingSession] = field(default_factory=dict)
@@ -136,10 +154,13 @@ class Workspace:
                     self.labels_path,
                     coder=coder,
                     model=model,
+                    multi_label=self.multi_label,
                     progress=False,
+                    lock_wait=LABELS_LOCK_TIMEOUT,
                 )
-                with session:
-                    session.prepare()
+                with session:  # the labels are read under the file's lock ...
+                    pass
+                session.prepare()  # ... and the slow embedding runs without it
                 self.sessions[coder] = session
             return self.sessions[coder]
 
@@ -169,7 +190,8 @@ class Workspace:
         from qualcode.training import read_labels, train
 
         book = self.codebook()
-        model = train(read_labels(self.labels_path, book), book, progress=False)
+        labels = read_labels(self.labels_path, book)
+        model = train(labels, book, progress=False, multi_label=self.multi_label)
         with self.lock:
             model.save(self.model_dir)
             self.sessions.clear()  # suggestions from the new model
@@ -195,7 +217,8 @@ class Workspace:
             raise QualcodeError(f"no segment {segment_id!r} in predictions.csv")
         book = self.codebook()
         theme = book.resolve(theme)
-        with self.lock, LabelStore(self.labels_path, coder, book) as store:
+        store = LabelStore(self.labels_path, coder, book, wait=LABELS_LOCK_TIMEOUT)
+        with self.lock, store:
             store.append(rows.iloc[0].to_dict(), [theme])
         self.sessions.pop(coder, None)
 

@@ -238,7 +238,8 @@ def demo(output, model_dir, quiet) -> None:
 )
 @click.option("--no-browser", is_flag=True, help="Only print the URL (for servers and tests).")
 @click.option("--lang", type=click.Choice(["sv", "en"]), default="sv", show_default=True)
-def app(folder, port, host, allow_remote, no_browser, lang):
+@click.option("--multi-label", is_flag=True, help="Allow several themes per segment.")
+def app(folder, port, host, allow_remote, no_browser, lang, multi_label):
     """A local web app over FOLDER (segments.csv, codebook.yaml, labels.csv, model/,
     predictions.csv): label, review, browse and correct, train and classify."""
     from qualcode.app import Workspace, serve
@@ -249,7 +250,7 @@ def app(folder, port, host, allow_remote, no_browser, lang):
         )
     if not folder.is_dir():
         raise QualcodeError(f"{folder} is not a folder")
-    workspace = Workspace(folder.resolve(), lang=lang)
+    workspace = Workspace(folder.resolve(), lang=lang, multi_label=multi_label)
     serve(
         workspace,
         host=host,

@@ -299,6 +299,9 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
                 stamps.setdefault(coder, coding.get("creationDateTime", ""))
             if by_coder:
                 spans.append((start, end))  # coded: not asked again as a batch segment
+            note = " ".join((selection.findtext("q:Description", "", NS) or "").split())
+            if note.startswith("qualcode:"):  # what qualcode's export says, not a coder's note
+                note = ""
             for coder, themes in by_coder.items():
                 rows.append(
                     {
@@ -309,6 +312,7 @@ def import_qdpx(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
                         "theme": ";".join(themes),
                         "coder": coder,
                         "labelled_at": stamps.get(coder, ""),
+                        "note": note,
                         "start": start,
                         "end": end,
                         "source_guid": source.guid,

@@ -1,14 +1,34 @@
-// Keyboard first: a number key picks that theme and saves, 0 skips, u undoes.
+// Keyboard first. Single theme: a number key picks that theme and saves, Enter saves the
+// suggestion. Several themes: a number key picks or unpicks, Enter saves. Everywhere: 0 skips,
+// u undoes, n goes to the note (Esc comes back).
 document.addEventListener("keydown", (event) => {
   const form = document.getElementById("answer");
   if (!form || event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.target;
-  if (target && (target.tagName === "INPUT" || target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
-  const button = form.querySelector(`button[data-key="${event.key}"]`);
-  if (button) {
-    event.preventDefault();
-    button.click();
+  if (target && target.id === "note" && event.key === "Escape") {
+    target.blur();
+    return;
   }
+  if (target && (target.tagName === "INPUT" && target.type !== "checkbox" || target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
+  if (event.key === "n") {
+    event.preventDefault();
+    document.getElementById("note").focus();
+    return;
+  }
+  const multi = form.dataset.multi === "yes";
+  if (event.key === "Enter" && !multi) {
+    const suggested = form.querySelector('button[data-suggested="yes"]');
+    if (suggested && !(target && target.tagName === "BUTTON")) {
+      event.preventDefault();
+      suggested.click();
+    }
+    return;
+  }
+  const control = form.querySelector(`[data-key="${event.key}"]`);
+  if (!control) return;
+  event.preventDefault();
+  if (control.type === "checkbox") control.checked = !control.checked;
+  else control.click();
 });
 // Running jobs: show their state until they end.
 const jobs = document.querySelectorAll("[data-job]");
