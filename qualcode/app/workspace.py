@@ -110,6 +110,7 @@ class Workspace:
     folder: Path
     lang: str = "sv"
     multi_label: bool = False
+    order: str = "active"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     lock: threading.RLock = field(default_factory=threading.RLock)
     sessions: dict[str, LabellingSession] = field(default_factory=dict)
@@ -155,6 +156,7 @@ class Workspace:
                     coder=coder,
                     model=model,
                     multi_label=self.multi_label,
+                    order=self.order,
                     progress=False,
                     lock_wait=LABELS_LOCK_TIMEOUT,
                 )

@@ -14,7 +14,9 @@ from qualcode.cli.options import (
     excel_option,
     force_option,
     guarded,
+    multi_label_answers_option,
     next_step,
+    order_option,
     quiet_option,
     target_option,
     training_options,
@@ -238,8 +240,9 @@ def demo(output, model_dir, quiet) -> None:
 )
 @click.option("--no-browser", is_flag=True, help="Only print the URL (for servers and tests).")
 @click.option("--lang", type=click.Choice(["sv", "en"]), default="sv", show_default=True)
-@click.option("--multi-label", is_flag=True, help="Allow several themes per segment.")
-def app(folder, port, host, allow_remote, no_browser, lang, multi_label):
+@multi_label_answers_option
+@order_option
+def app(folder, port, host, allow_remote, no_browser, lang, multi_label, order):
     """A local web app over FOLDER (segments.csv, codebook.yaml, labels.csv, model/,
     predictions.csv): label, review, browse and correct, train and classify."""
     from qualcode.app import Workspace, serve
@@ -250,7 +253,7 @@ def app(folder, port, host, allow_remote, no_browser, lang, multi_label):
         )
     if not folder.is_dir():
         raise QualcodeError(f"{folder} is not a folder")
-    workspace = Workspace(folder.resolve(), lang=lang, multi_label=multi_label)
+    workspace = Workspace(folder.resolve(), lang=lang, multi_label=multi_label, order=order)
     serve(
         workspace,
         host=host,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from qualcode.cli.options import force_option, guarded, next_step, use_codebook
+from qualcode.cli.options import (
+    force_option,
+    guarded,
+    multi_label_answers_option,
+    next_step,
+    order_option,
+    use_codebook,
+)
 from qualcode.codebook import CODEBOOK_HELP
 
 __all__ = ["apply", "label", "review"]
@@ -26,14 +33,8 @@ _path = click.Path(path_type=Path)
     help="labels.csv (labelling, --import) or to_label.xlsx (--template).",
 )
 @click.option("--coder", default=None, help="Name stored with each answer (default: login name).")
-@click.option("--multi-label", is_flag=True, help="Allow several themes per segment.")
-@click.option(
-    "--order",
-    type=click.Choice(["active", "file"]),
-    default="active",
-    show_default=True,
-    help="active: least certain, diverse segments first.",
-)
+@multi_label_answers_option
+@order_option
 @click.option(
     "--retrain-every",
     type=click.IntRange(min=1),

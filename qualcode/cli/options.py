@@ -44,6 +44,19 @@ target_option = click.option(
 )
 
 
+multi_label_answers_option = click.option(
+    "--multi-label", is_flag=True, help="Allow several themes per segment."
+)
+order_option = click.option(
+    "--order",
+    type=click.Choice(["active", "file"]),
+    default="active",
+    show_default=True,
+    help="active: the segments whose answers help most first (uncertain, diverse); file: "
+    "file order.",
+)
+
+
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--encoder``, ``--multi-label``, ``--finetune``, ``--target-accuracy`` and ``--seed``,
     handed to the command as one ``settings`` (:class:`qualcode.training.TrainingSettings`)."""
