@@ -61,3 +61,32 @@ def run_cli(capsys, *args: object) -> tuple[int, str]:
         main([str(a) for a in args])
     captured = capsys.readouterr()
     return done.value.code or 0, captured.out + captured.err
+
+
+@pytest.fixture(scope="session")
+def small_labels(tmp_path_factory) -> Path:
+    """Five seed-set labels per theme (a labels CSV): enough to train, quick to embed."""
+    import pandas as pd
+
+    from qualcode.files.tables import read_table, write_table
+
+    seed = read_table(CORPORA / "labels" / "seed_set.csv")
+    seed["primary"] = seed["theme"].str.split(";").str[0]
+    small = pd.concat([g.head(5) for _, g in seed.groupby("primary")]).drop(columns="primary")
+    path = tmp_path_factory.mktemp("labels") / "labels.csv"
+    write_table(small.reset_index(drop=True), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
+    """A model `qualcode train` made from :func:`small_labels` (shared: tests must not change
+    it; copy it first)."""
+    from qualcode.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    with pytest.raises(SystemExit) as done:
+        main(["train", str(small_labels), "--codebook", str(CORPORA / "codebook.yaml"), "-o",
+              str(out), "-q"])  # fmt: skip
+    assert done.value.code in (0, None)
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,26 +33,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def small_labels(tmp_path_factory) -> pd.DataFrame:
-    """A stratified quarter of the seed set: enough to train, quick to embed."""
-    seed = read_table(SEED_SET)
-    seed["primary"] = seed["theme"].str.split(";").str[0]
-    parts = [group.head(6) for _, group in seed.groupby("primary")]
-    return pd.concat(parts).drop(columns="primary").reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
-    path = tmp_path_factory.mktemp("cli") / "labels.csv"
-    small_labels.to_csv(path, index=False)
-    out = path.parent / "model"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", str(path), "--codebook", CODEBOOK, "-o", str(out), "--quiet"])
-    assert exit_info.value.code in (0, None)
-    return out
 
 
 @pytest.mark.slow
@@ -157,6 +136,7 @@ def test_truncated_model_directory(capsys, tmp_path, model_dir):
 @pytest.mark.slow
 def test_excel_files_are_read(capsys, tmp_path, small_labels, dialect):
     labels = tmp_path / "labels.csv"
+    small_labels = read_table(small_labels)
     if dialect == "semicolon-cp1252":
         small_labels.to_csv(labels, index=False, sep=";", encoding="cp1252", errors="replace")
     elif dialect == "utf8-bom":

@@ -19,6 +19,7 @@ from qualcode.model.encoders import (
     embed,
     encoder_identity,
     load_encoder,
+    open_encoder,
 )
 
 
@@ -177,6 +178,8 @@ def test_corrupt_bundled_cache_is_rebuilt(tmp_path, monkeypatch, capfd):
     (path / "tokenizer.json").write_text("{}")
     rebuilt = bundled_encoder_path()
     assert "rebuilding the bundled encoder" in capfd.readouterr().err
+    # nothing of the environment (HF_HUB_OFFLINE) in the files: a rebuild keeps the identity
+    assert "local_files_only" not in (rebuilt / "tokenizer_config.json").read_text()
     model = load_encoder()
     assert model.encode(["Hej"]).shape == (1, 384)
     assert rebuilt == path
@@ -190,3 +193,43 @@ def test_char_ngram_baseline_round_trip():
     assert np.allclose(restored.encode(["utbildning"]).toarray(), x)
     sims = (enc.encode(train) @ enc.encode(["utbildningar"]).T).toarray().ravel()
     assert sims.argmax() in (0, 2)
+
+
+def test_a_lazy_encoder_loads_only_for_texts_the_cache_lacks(tmp_path, encoder):
+    """The bundled encoder's identity and dimension come from its files; the model loads on
+    the first text not in the cache, and embeds exactly as the loaded model does."""
+    lazy = open_encoder()
+    assert encoder_identity(lazy) == encoder_identity(encoder)
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    texts = ["Vårdcentralen ringer hemsjukvården.", "Gemensamma utbildningar för personalen."]
+    expected = embed(texts, encoder, cache=cache, progress=False)
+    again = embed(texts, lazy, cache=cache, progress=False)
+    assert lazy._model is None  # every text was in the cache: nothing loaded
+    np.testing.assert_array_equal(again, expected)
+    fresh = embed(["Ett nytt svar om styrning."], lazy, cache=cache, progress=False)
+    assert lazy._model is not None and fresh.shape == (1, 384)
+    np.testing.assert_allclose(
+        fresh, embed(["Ett nytt svar om styrning."], encoder, cache=False), atol=1e-6
+    )
+
+
+def test_classifying_cached_material_imports_no_sentence_transformers(tmp_path, model_dir):
+    """Re-running `classify` on material embedded before needs neither the encoder nor its
+    seconds of imports."""
+    import subprocess
+    import sys
+
+    model = model_dir
+    table = tmp_path / "svar.csv"
+    table.write_text("text\nVi behöver gemensamma utbildningar.\nVem samordnar?\n", "utf-8")
+    probe = (
+        "import sys; from qualcode.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n"
+        "    print('LOADED' if 'sentence_transformers' in sys.modules else 'LAZY'); raise\n"
+    )
+    command = [sys.executable, "-c", probe, "classify", str(model), str(table), "-q"]
+    run = [subprocess.run([*command, "-o", str(tmp_path / f"{n}.csv")], capture_output=True,
+                          text=True) for n in (1, 2)]  # fmt: skip
+    assert all(r.returncode == 0 for r in run), run[0].stderr
+    assert run[1].stdout.strip().endswith("LAZY"), run[1].stdout
+    assert (tmp_path / "1.csv").read_bytes() == (tmp_path / "2.csv").read_bytes()

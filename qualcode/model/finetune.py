@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qualcode.errors import QualcodeError
+from qualcode.model.encoders import sentence_transformer
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -148,7 +149,7 @@ def finetune_encoder(
     learning_rate = learning_rate or DEFAULT_LEARNING_RATE
     max_seq_length = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
 
-    model = copy.deepcopy(encoder)
+    model = copy.deepcopy(sentence_transformer(encoder))
     card = getattr(model, "model_card_data", None)
     if card is not None:  # saving must never look the base model up on the Hub
         card.local_files_only = True

@@ -314,9 +314,9 @@ def _load_model(directory: Path, codebook: Codebook | None) -> ThemeModel:
         clf.tfidf_ = CharNgramEncoder.from_dict(state)
     else:
         if enc.get("finetuned"):
-            from qualcode.model.encoders import load_encoder
+            from qualcode.model.encoders import open_encoder
 
-            clf.encoder = load_encoder(directory / "encoder")
+            clf.encoder = open_encoder(directory / "encoder")
         actual = encoder_identity(get_encoder(clf.encoder))
         if not enc.get("finetuned") and actual != enc["identity"]:
             raise QualcodeError(
