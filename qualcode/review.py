@@ -4,6 +4,7 @@ Review CSV contract (:func:`build_review`, one row per segment, most consequenti
 
     segment_id, document, section, text
     theme_<coder>      one column per coder: that coder's theme(s), ";"-separated
+    coder_notes        the coders' notes on the segment ("anna: …; bo: …"), if any
     model_theme        the model's theme (for likely label errors: the cross-validated one)
     model_confidence   its probability
     disagreement       likely_label_error | model_vs_coder | coder_vs_coder | low_confidence
@@ -86,7 +87,7 @@ _HASH_PREFIX = "sha256:"
 class _Coded:
     """Labels of all coders: one row per (key, coder) with themes as id lists."""
 
-    rows: pd.DataFrame  # key, coder, themes (list[str]), text, document, section
+    rows: pd.DataFrame  # key, coder, themes (list[str]), text, document, section, note
     coders: list[str]
     hashes: list[str]
 
@@ -118,6 +119,7 @@ def _read_coded(paths: Sequence[str | Path], codebook: Codebook) -> _Coded:
                 "text": table["text"],
                 "document": table.get("document", pd.Series([""] * len(table))),
                 "section": table.get("section", pd.Series([""] * len(table))),
+                "note": table.get("note", pd.Series([""] * len(table))).fillna(""),
             }
         )
         frame = frame[[bool(t) for t in frame["themes"]]]  # skipped / unlabelled rows
@@ -285,8 +287,11 @@ def build_review(
         for r in source.itertuples(index=False):
             info.setdefault(r.key, {"text": r.text, "document": r.document, "section": r.section})
     coder_themes: dict[str, dict[str, list[str]]] = {}
+    coder_notes: dict[str, list[str]] = {}
     for r in rows.itertuples(index=False):
         coder_themes.setdefault(r.key, {})[r.coder] = list(r.themes)
+        if str(r.note).strip():
+            coder_notes.setdefault(r.key, []).append(f"{r.coder}: {str(r.note).strip()}")
     model: dict[str, tuple[str, float]] = {}
     if preds is not None:
         model = {r.key: (r.theme, r.confidence) for r in preds.itertuples(index=False)}
@@ -368,6 +373,7 @@ def build_review(
                 "section": meta["section"],
                 "text": meta["text"],
                 **{f"theme_{c}": ";".join(given.get(c, [])) for c in coders},
+                "coder_notes": "; ".join(coder_notes.get(key, [])),
                 "model_theme": theme,
                 "model_confidence": round(confidence, 4) if not np.isnan(confidence) else np.nan,
                 "disagreement": kind,
@@ -378,7 +384,7 @@ def build_review(
                 "_order": _order(kind, confidence, strength.get(key)),
             }
         )
-    columns = [*SEGMENT_COLUMNS, *(f"theme_{c}" for c in coders), *TAIL_COLUMNS]
+    columns = [*SEGMENT_COLUMNS, *(f"theme_{c}" for c in coders), "coder_notes", *TAIL_COLUMNS]
     table = pd.DataFrame(records, columns=[*columns, "_rank", "_order"])
     table = table.sort_values(["_rank", "_order"], kind="stable")[columns].reset_index(drop=True)
     return ReviewResult(table, coders, agreement, messages)

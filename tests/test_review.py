@@ -63,6 +63,7 @@ def labels_file(path: Path, coder: str, themes: dict[str, str]) -> Path:
             "theme": theme,
             "coder": coder,
             "labelled_at": "2025-01-01T10:00:00+01:00",
+            "note": f"{coder} tvekade" if sid == "s4" else "",
         }
         for sid, theme in themes.items()
     ]
@@ -149,6 +150,7 @@ def test_coder_vs_coder_review_and_agreement(tmp_path, codebook):
         "text",
         "theme_anna",
         "theme_bo",
+        "coder_notes",
         "model_theme",
         "model_confidence",
         "disagreement",
@@ -160,6 +162,7 @@ def test_coder_vs_coder_review_and_agreement(tmp_path, codebook):
     assert set(table["disagreement"]) == {"coder_vs_coder"}
     row = table.set_index("segment_id").loc["s4"]
     assert (row["theme_anna"], row["theme_bo"]) == ("steering", "follow_up;steering")
+    assert row["coder_notes"] == "anna: anna tvekade; bo: bo tvekade"
     assert row["labels_sha256"] == f"sha256:{file_sha256(a)};sha256:{file_sha256(b)}"
     overall = result.agreement.set_index("theme").loc["overall"]
     assert overall["segments"] == 4 and overall["statistic"] == "cohen_kappa"
