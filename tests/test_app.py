@@ -215,6 +215,10 @@ def test_the_app_loop_in_chromium(tmp_path):
 
         driver.get(f"{base}/browse")
         _fits(driver, "browse")
+        overview = driver.find_elements(By.CSS_SELECTOR, "#overview tbody tr")
+        counts = [int(r.find_elements(By.TAG_NAME, "td")[1].text) for r in overview]
+        assert len(overview) == 8 and sum(counts) >= len(app_predictions)  # themes, counted
+        assert driver.find_elements(By.CSS_SELECTOR, "#overview q.quote")  # with quotes
         row = driver.find_element(By.CSS_SELECTOR, "#browse-rows tbody tr")
         segment = row.get_attribute("data-segment")
         select = row.find_element(By.TAG_NAME, "select")

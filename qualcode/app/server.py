@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from qualcode.app.workspace import Workspace
 
 COOKIE = "qualcode_token"
+SHOWN = 500  # rows on a Browse page (search or filter for the rest)
 HERE = Path(__file__).parent
 _templates = Environment(
     loader=PackageLoader("qualcode.app", "templates"), autoescape=select_autoescape(["html"])
@@ -189,18 +190,24 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
     def browse(request: Request) -> HTMLResponse:
         if not workspace.predictions_path.exists():
             return _page(workspace, request, "browse.html", rows=None, themes=[], query={})
+        overview = workspace.overview()
         table = read_table(workspace.predictions_path, required=("text",))
-        query = {k: request.query_params.get(k, "") for k in ("q", "theme", "flag", "document")}
+        for column in ("document", "section", "theme", "needs_review"):
+            if column not in table.columns:
+                table[column] = ""
+        choices = {c: sorted(set(table[c]) - {""}) for c in ("document", "section")}
+        keys = ("q", "theme", "flag", "document", "section")
+        query = {k: request.query_params.get(k, "") for k in keys}
         if query["q"]:
             table = table[table["text"].str.contains(query["q"], case=False, regex=False)]
-        if query["theme"]:
-            table = table[table["theme"] == query["theme"]]
-        if query["flag"]:
-            table = table[table["needs_review"] == query["flag"]]
-        if query["document"]:
-            table = table[table["document"] == query["document"]]
-        return _page(workspace, request, "browse.html", rows=table.head(500), query=query,
-                     themes=workspace.codebook().themes)  # fmt: skip
+        for key, column in (("theme", "theme"), ("flag", "needs_review"), ("document", "document"),
+                            ("section", "section")):  # fmt: skip
+            if query[key]:
+                table = table[table[column] == query[key]]
+        themes = workspace.codebook().themes
+        return _page(workspace, request, "browse.html", rows=table.head(SHOWN), found=len(table),
+                     query=query, themes=themes, choices=choices, overview=overview,
+                     labels={t.id: t.label for t in themes})  # fmt: skip
 
     async def correct(request: Request) -> Any:
         form = await _form(workspace, request)

@@ -62,6 +62,16 @@ TEXTS = {
         "mine": "mina",
         "everyone": "alla kodare",
         "theme": "Tema",
+        "themes": "Teman",
+        "segments": "Segment",
+        "quotes": "Citat",
+        "all": "alla",
+        "yes": "ja",
+        "no": "nej",
+        "document": "Dokument",
+        "section": "Avsnitt",
+        "showing": "visar",
+        "confidence": "Säkerhet",
     },
     "en": {
         "title": "qualcode",
@@ -90,6 +100,16 @@ TEXTS = {
         "mine": "mine",
         "everyone": "all coders",
         "theme": "Theme",
+        "themes": "Themes",
+        "segments": "Segments",
+        "quotes": "Quotes",
+        "all": "all",
+        "yes": "yes",
+        "no": "no",
+        "document": "Document",
+        "section": "Section",
+        "showing": "showing",
+        "confidence": "Confidence",
     },
 }
 
@@ -208,6 +228,27 @@ class Workspace:
         predictions = classify(model, segments, progress=False)
         write_predictions(predictions, self.predictions_path)
         return review_summary(predictions)
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Per theme of predictions.csv: its label, segments, flagged, and three quotes."""
+        from qualcode.reporting.coded import theme_counts
+        from qualcode.reporting.report import exemplar_quotes
+
+        book = self.codebook()
+        table = read_table(self.predictions_path, required=("text",))
+        counts = theme_counts(table, book, by=None).set_index("theme")
+        quotes = exemplar_quotes(table, book, n=3)
+        return [
+            {
+                "id": theme.id,
+                "label": theme.label,
+                "segments": int(counts.at[theme.id, "segments"]),
+                "flagged": int(counts.at[theme.id, "flagged"]) if "flagged" in counts else 0,
+                "quotes": quotes.loc[quotes["theme"] == theme.id, "text"].tolist(),
+            }
+            for theme in book.themes
+            if theme.id in counts.index
+        ]
 
     def correct(self, segment_id: str, theme: str, coder: str) -> None:
         """A theme corrected while browsing becomes a label, as if answered in the labeller."""
