@@ -225,9 +225,7 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
         return RedirectResponse("/", 303)
 
     def status(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {n: {"state": j.state, "message": j.message} for n, j in workspace.jobs.items()}
-        )
+        return JSONResponse({n: j.as_dict() for n, j in workspace.jobs.items()})
 
     async def failed(request: Request, exc: Exception) -> HTMLResponse:
         return _page(workspace, request, "error.html", message=str(exc))

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,11 @@ class Job:
     name: str
     state: str = "idle"  # idle | running | done | failed
     message: str = ""
+    started: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started if self.state == "running" else None
+        return {"state": self.state, "message": self.message, "elapsed": elapsed}
 
 
 @dataclass
@@ -187,16 +193,20 @@ class Workspace:
             return self.sessions[coder]
 
     def run(self, name: str, work: Any) -> Job:
-        """Start ``work`` in a thread unless a job of that name is running."""
+        """Start ``work`` in a thread unless a job of that name is running; ``work(say)`` may
+        ``say`` what it is doing, and returns what it did."""
         with self.lock:
             job = self.jobs.setdefault(name, Job(name))
             if job.state == "running":
                 return job
-            job.state, job.message = "running", ""
+            job.state, job.message, job.started = "running", "", time.monotonic()
+
+        def say(message: str) -> None:
+            job.message = message
 
         def target() -> None:
             try:
-                job.message = work()
+                job.message = work(say)
                 job.state = "done"
             except QualcodeError as err:
                 job.state, job.message = "failed", str(err)
@@ -208,23 +218,25 @@ class Workspace:
         return job
 
     # ------------------------------------------------------------------ the steps
-    def train(self) -> str:
+    def train(self, say: Any = print) -> str:
         from qualcode.training import read_labels, train
 
         book = self.codebook()
         labels = read_labels(self.labels_path, book)
+        say(f"{len(labels)} etiketter, {len(book.ids)} teman")
         model = train(labels, book, progress=False, multi_label=self.multi_label)
         with self.lock:
             model.save(self.model_dir)
             self.sessions.clear()  # suggestions from the new model
         return model.describe()
 
-    def classify(self) -> str:
+    def classify(self, say: Any = print) -> str:
         from qualcode.classification import classify, review_summary, write_predictions
         from qualcode.model.storage import load_model
 
         model = load_model(self.model_dir)
         segments = read_table(self.segments_path, required=("text",))
+        say(f"{len(segments)} segment")
         predictions = classify(model, segments, progress=False)
         write_predictions(predictions, self.predictions_path)
         return review_summary(predictions)

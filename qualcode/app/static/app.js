@@ -40,7 +40,8 @@ if (jobs.length) {
     for (const element of jobs) {
       const job = state[element.dataset.job];
       if (job) {
-        element.textContent = `${job.state}: ${job.message}`;
+        const elapsed = job.elapsed === null ? "" : ` (${Math.round(job.elapsed)} s)`;
+        element.textContent = `${job.state}${elapsed}: ${job.message}`;
         running = running || job.state === "running";
       }
     }
