@@ -134,6 +134,20 @@ def test_a_coders_theme_column_survives_classification(capsys, tmp_path, model_d
     assert code == 0, err
     rows = read_table(review)
     assert (rows["disagreement"] == "model_vs_coder").sum() == disagree
+    # an input column named like the model's review reason: exports show the model's
+    own = tmp_path / "own.csv"
+    write_table(given.assign(review_reason="analytikerns egen kolumn"), own)
+    code, _, err = run(capsys, "classify", model_dir, own, "-o", out, "-q")
+    assert code == 0, err
+    model_reasons = set(read_table(out)["model_review_reason"]) - {""}
+    assert model_reasons
+    workbook = tmp_path / "kodat.xlsx"
+    code, _, err = run(capsys, "export", "xlsx", out, "--codebook", CODEBOOK, "-o", workbook)
+    assert code == 0, err
+    sheets = pd.read_excel(workbook, sheet_name=None, dtype=str)
+    shown = set().union(*(set(v["review_reason"].dropna()) for v in sheets.values()
+                          if "review_reason" in v.columns))  # fmt: skip
+    assert shown and shown <= model_reasons
 
 
 @pytest.mark.slow

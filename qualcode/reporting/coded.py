@@ -48,6 +48,7 @@ _NOT_PERSONAL.update(MODEL_PREFIX + c for c in PREDICTION_COLUMNS)
 class CodedTable:
     """One row per segment, in reading order, with the input columns (as text) and
     ``_themes`` (ids), ``_codings`` ((theme, coder) pairs), ``_confidence``, ``_flagged``,
+    ``_reason`` and ``_second`` (the model's review reason and second theme),
     ``_index`` (first row in the file), ``_key`` (segment id or a hash of the text),
     ``_document`` (the document, ``segments`` if none) and ``_original_text``."""
 
@@ -108,9 +109,12 @@ def read_coded(
         frame["_flagged"] = parse_flags(
             column_text(table, model_column(table, "needs_review")), rows
         )
+        frame["_reason"] = column_text(table, model_column(table, "review_reason")).to_numpy()
+        frame["_second"] = column_text(table, model_column(table, "second_theme")).to_numpy()
     else:
         frame["_confidence"] = math.nan
         frame["_flagged"] = False
+        frame["_reason"] = frame["_second"] = ""
     coder = column_text(table, "coder").str.strip()
     frame["_coder"] = coder.where(coder != "", "qualcode" if kind == "predictions" else "")
     skipped = non_answers(table)

@@ -130,8 +130,7 @@ def _matrix(coded: CodedTable) -> pd.DataFrame:
     if coded.predictions:
         out["confidence"] = frame["_confidence"]
         out["needs_review"] = frame["_flagged"].map({True: "true", False: "false"})
-        if "review_reason" in frame.columns:
-            out["review_reason"] = frame["review_reason"]
+        out["review_reason"] = frame["_reason"]
     for theme in codebook.themes:
         name = theme.label if theme.label not in out.columns else f"{theme.label} ({theme.id})"
         out[name] = frame["_themes"].map(lambda ids, t=theme.id: int(t in ids))
@@ -471,9 +470,7 @@ def _qdpx_bytes(
                 },
             )
             if coded.predictions:
-                note = selection_note(
-                    row["_confidence"], row["_flagged"], row.get("review_reason", "")
-                )
+                note = selection_note(row["_confidence"], row["_flagged"], row["_reason"])
                 ET.SubElement(selection, "Description").text = xml_text(note)
             for theme_id, who in dict.fromkeys(row["_codings"]):
                 coding = ET.SubElement(

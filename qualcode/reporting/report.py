@@ -43,7 +43,7 @@ import pandas as pd
 
 from qualcode.codebook import Codebook
 from qualcode.errors import QualcodeError
-from qualcode.files.coded import PROVENANCE, model_column
+from qualcode.files.coded import PROVENANCE
 from qualcode.files.pseudonymise import Pseudonymiser
 from qualcode.files.tables import atomic_write_bytes, atomic_write_text, staged_folder, write_table
 from qualcode.reporting.coded import (
@@ -820,17 +820,16 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
                 '<th class="num">Säkerhet</th><th>Varför</th><th>Källa</th></tr></thead>',
                 "<tbody>",
             ]
-            reason_column = model_column(coded.frame, "review_reason")
             for _, row in flagged_rows.iterrows():
                 labels = "; ".join(codebook.get(t).label for t in row["_themes"])
-                second = str(row.get("second_theme", "")).strip()
+                second = str(row["_second"]).strip()
                 second_label = codebook.get(second).label if second in codebook.ids else second
                 out.append(
                     f'<tr data-segment="{_h(row.get("segment_id", ""))}">'
                     f"<td>{_h(row['text'])}</td><td>{_h(labels)}</td>"
                     f"<td>{_h(second_label)}</td>"
                     f'<td class="num">{row["_confidence"] * 100:.0f} %</td>'
-                    f"<td>{_h(_why(row.get(reason_column, '')))}</td>"
+                    f"<td>{_h(_why(row['_reason']))}</td>"
                     f"<td>{_h(' · '.join(_source_parts(row)))}</td></tr>"
                 )
             out += ["</tbody>", "</table>"]
