@@ -148,6 +148,8 @@ def test_a_survey_from_excel_export_to_report(tmp_path, monkeypatch, capsys):
     assert code == 0, said
     matrix = pd.read_excel("kodat.xlsx", sheet_name="Alla segment", dtype=str)
     assert RESPONDENT_COLUMNS <= list(matrix.columns)
+    summary = pd.read_excel("kodat.xlsx", sheet_name="Sammanfattning").set_index("Tema")
+    assert summary.at["Icke-svar", "Segment"] == 7  # counted, as in the report
 
 
 @pytest.mark.slow

@@ -156,6 +156,10 @@ def _summary_sheet(coded: CodedTable) -> pd.DataFrame:
         out["Flaggade för granskning"] = counts["flagged"]
         out["Säkra (ej flaggade)"] = counts["unflagged"]
     out["id"] = counts["theme"].where(counts["theme"] != TOTAL, "")
+    if coded.non_answers:  # as in the report: counted, not coded
+        row = {"Tema": "Icke-svar", "Theme": "Non-answers", "Segment": coded.non_answers,
+               "Beskrivning": "Svar som ”vet ej”, ”nej”, ”-”: räknade, inte kodade."}  # fmt: skip
+        out = pd.concat([out, pd.DataFrame([row])], ignore_index=True).fillna({"id": ""})
     return out
 
 
