@@ -178,3 +178,21 @@ def test_a_survey_export_without_column_points_to_segment(capsys, tmp_path, mode
     ):
         code, _, err = run(capsys, *args)
         assert_one_line_error(code, err, "qualcode segment enkat.csv --column 'Svar'")
+
+
+def test_next_step_hints_name_the_codebook_only_when_it_would_not_be_found(
+    capsys, tmp_path, monkeypatch
+):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QUALCODE_CODEBOOK", raising=False)
+    shutil.copy(SEED_SET, "labels.csv")
+    code, _, err = run(capsys, "label", "--template", "labels.csv", "--codebook", CODEBOOK,
+                       "-o", "t.xlsx")  # fmt: skip
+    assert code == 0, err
+    assert f"`qualcode label --import t.xlsx --codebook {CODEBOOK} -o labels.csv`" in err
+    shutil.copy(CODEBOOK, "codebook.yaml")  # beside the files: found without --codebook
+    code, _, err = run(capsys, "label", "--template", "labels.csv", "-o", "t.xlsx")
+    assert code == 0, err
+    assert "`qualcode label --import t.xlsx -o labels.csv`" in err

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from qualcode.cli.options import (
+    codebook_flag,
     excel_option,
     force_option,
     guarded,
@@ -68,7 +69,7 @@ def segment(paths, output, unit, column, excel, force) -> None:
     said = f" ({'; '.join(notes)})" if notes else ""
     click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}{said}", err=True)
     next_step(
-        f"qualcode label {output} -o labels.csv",
+        f"qualcode label {output}{codebook_flag(near=[output])} -o labels.csv",
         f"qualcode classify MODEL_DIR {output} -o predictions.csv",
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from qualcode.cli.options import (
+    codebook_flag,
     force_option,
     guarded,
     multi_label_answers_option,
@@ -144,7 +145,7 @@ def label(
             "'theme'; descriptions on sheet 'themes')",
             err=True,
         )
-        next_step(f"qualcode label --import {output} -o labels.csv")
+        next_step(f"qualcode label --import {output}{codebook_flag(book, [output])} -o labels.csv")
         return
     if mode == "import":
         done = import_template(source, book, output, coder=coder)
@@ -154,7 +155,7 @@ def label(
             f"rows without a theme left out) → {output}{backup}",
             err=True,
         )
-        next_step(f"qualcode train {output} -o MODEL_DIR")
+        next_step(f"qualcode train {output}{codebook_flag(book, [output])} -o MODEL_DIR")
         return
     result = Labeller(
         read_segments(source),
@@ -175,7 +176,7 @@ def label(
         f"{' (' + per_theme + ')' if per_theme else ''} → {output}",
         err=True,
     )
-    next_step(f"qualcode train {output} -o MODEL_DIR")
+    next_step(f"qualcode train {output}{codebook_flag(book, [output])} -o MODEL_DIR")
 
 
 @click.group(invoke_without_command=True)
@@ -235,9 +236,10 @@ def review(
 
     inputs = [*labels, *([predictions] if predictions else []), *([codebook] if codebook else [])]
     guarded(output, inputs, force)
+    book = use_codebook(codebook, [*labels, predictions])
     result = build_review(
         list(labels),
-        use_codebook(codebook, [*labels, predictions]),
+        book,
         predictions=predictions,
         label_errors=label_errors,
         folds=folds,
@@ -253,7 +255,8 @@ def review(
     summary = ", ".join(f"{k} {v}" for k, v in counts.items()) or "no disagreements"
     click.echo(f"{len(result.table)} rows to review ({summary}) → {output}", err=True)
     if len(result.table):
-        next_step(f"qualcode review apply {output} --labels {labels[0]}")
+        flag = codebook_flag(book, [labels[0], output])
+        next_step(f"qualcode review apply {output} --labels {labels[0]}{flag}")
 
 
 @review.command("apply")
@@ -266,9 +269,8 @@ def apply(review_file, labels, codebook, coder):
     from qualcode.review import apply_review
 
     guarded(labels, [review_file], updates_labels=True)
-    result = apply_review(
-        review_file, labels, use_codebook(codebook, [labels, review_file]), coder=coder
-    )
+    book = use_codebook(codebook, [labels, review_file])
+    result = apply_review(review_file, labels, book, coder=coder)
     if not result.changed and not result.added:
         click.echo(
             f"nothing to write: {result.unchanged} resolved row(s) already match {labels}", err=True
@@ -280,4 +282,4 @@ def apply(review_file, labels, codebook, coder):
         f"{result.audit}",
         err=True,
     )
-    next_step(f"qualcode train {labels} -o MODEL_DIR")
+    next_step(f"qualcode train {labels}{codebook_flag(book, [labels])} -o MODEL_DIR")

@@ -106,6 +106,21 @@ def use_codebook(given: Any, near: Any = ()) -> Any:
     return book
 
 
+def codebook_flag(book: Any = None, near: Any = ()) -> str:
+    """`` --codebook PATH`` for a next-step hint when the next command, given ``near``, would
+    not find ``book`` (or any codebook, without ``book``) by itself; else ""."""
+    from qualcode.codebook import find_codebook
+    from qualcode.errors import QualcodeError
+
+    try:
+        found = find_codebook(None, [p for p in near if p is not None])
+    except QualcodeError:
+        found = None
+    if found is not None and (book is None or found.sha256 == book.sha256):
+        return ""
+    return f" --codebook {book.path if book is not None else 'CODEBOOK.yaml'}"
+
+
 def next_step(*commands: str) -> None:
     """Say on stderr which command usually comes next (the README's workflow)."""
     if commands:
