@@ -519,21 +519,16 @@ _PAGE_BREAKS = str.maketrans("", "", "\x0c\x0b")  # form feed, vertical tab (pdf
 
 def _text_lines(text: str) -> list[_Line]:
     """The numbered lines of ``text``; page breaks are dropped from them (a line keeps its
-    number, so provenance still points into the file)."""
+    number, so provenance still points into the file). A page break at the start of a line
+    (``\\f``, as pdftotext writes) ends what came before, like a blank line: a heading after
+    it is a heading."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return [_Line(no, line.translate(_PAGE_BREAKS)) for no, line in enumerate(text.split("\n"), 1)]
-
-
-def _with_page_breaks(text: str, lines: list[_Line]) -> list[_Line]:
-    """A page break at the start of a line (``\\f``, as pdftotext writes) ends what came
-    before, like a blank line: a heading after it is a heading."""
-    raw = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    out = []
-    for line, original in zip(lines, raw):
-        if original[:1] in ("\x0c", "\x0b"):
-            out.append(_Line(line.no, ""))
-        out.append(line)
-    return out
+    lines = []
+    for no, line in enumerate(text.split("\n"), 1):
+        if line[:1] in ("\x0c", "\x0b"):
+            lines.append(_Line(no, ""))
+        lines.append(_Line(no, line.translate(_PAGE_BREAKS)))
+    return lines
 
 
 def _check_unit(unit: str) -> None:
@@ -551,7 +546,7 @@ def segment_text(text: str, document: str, *, unit: str = "paragraph") -> pd.Dat
     ``-3`` … in order of appearance.
     """
     _check_unit(unit)
-    lines = _with_page_breaks(text, _text_lines(text))
+    lines = _text_lines(text)
     return _frame(_segments_from_lines(lines, unit), document)
 
 
@@ -661,7 +656,9 @@ class DocumentText:
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in TEXT_SUFFIXES:
-            lines = [line.text for line in _text_lines(read_text(path, what="document"))]
+            text = read_text(path, what="document")
+            numbered = {line.no: line.text for line in _text_lines(text)}
+            lines = list(numbered.values())  # one per line number (a page break's blank is not)
         elif suffix == ".docx":
             check_file(path, what="document")
             numbered = {line.no: line.text for line in _docx_lines(path) if line.text}
