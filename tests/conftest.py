@@ -90,3 +90,21 @@ def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
               str(out), "-q"])  # fmt: skip
     assert done.value.code in (0, None)
     return out
+
+
+@pytest.fixture(scope="session")
+def seed_trained(encoder):
+    """The seed-set model as `qualcode train` (and `make run`) trains it, in memory: one per
+    test session (shared: tests must not change it)."""
+    from qualcode.codebook import load_codebook
+    from qualcode.training import read_labels, train
+
+    codebook = load_codebook(CORPORA / "codebook.yaml")
+    return train(read_labels(CORPORA / "labels" / "seed_set.csv", codebook), codebook,
+                 progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def seed_model(seed_trained, tmp_path_factory) -> Path:
+    """:func:`seed_trained`, saved as a model folder (shared: copy it before changing it)."""
+    return seed_trained.save(tmp_path_factory.mktemp("seed") / "samverkan")

@@ -34,13 +34,13 @@ def labels(codebook):
 
 
 @pytest.fixture(scope="module")
-def model(labels, codebook, encoder):
-    return train(labels, codebook, progress=False)
+def model(seed_trained):
+    return seed_trained
 
 
 @pytest.fixture(scope="module")
-def saved(model, tmp_path_factory):
-    return model.save(tmp_path_factory.mktemp("models") / "samverkan")
+def saved(seed_model):
+    return seed_model
 
 
 def test_seed_set_is_a_real_labelled_set(labels, codebook):

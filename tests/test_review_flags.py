@@ -32,18 +32,6 @@ def notes_csv(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def seed_model(tmp_path_factory, encoder):
-    """The seed-set model, trained through the CLI as `make run` trains it."""
-    out = tmp_path_factory.mktemp("seed") / "model"
-    with pytest.raises(SystemExit) as done:
-        from qualcode.cli import main
-
-        main(["train", str(SEED_SET), "--codebook", str(CODEBOOK), "-o", str(out), "-q"])
-    assert done.value.code in (0, None)
-    return out
-
-
 def classify_cli(capsys, model, notes_csv, out, *options):
     code, _, err = run(capsys, "classify", model, notes_csv, "-o", out, "-q", *options)
     assert code == 0, err
