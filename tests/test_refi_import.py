@@ -55,6 +55,9 @@ GROUP_3 = [
 ]
 
 
+NOTED = {"Gemensamma utbildningar för sjuksköterskor.": "Anna: eller erfarenhetsutbyte?"}
+
+
 def _selections(text: str, lines, *, overlap: bool = False) -> str:
     out = []
     for n, (line, code, coder) in enumerate(lines):
@@ -65,7 +68,8 @@ def _selections(text: str, lines, *, overlap: bool = False) -> str:
         out.append(
             f'<PlainTextSelection guid="5e1ec700-0000-4000-8000-{n:012d}" name="{line}" '
             f'startPosition="{start}" endPosition="{end}" creatingUser="{coder}">'
-            f'<Coding guid="c0d10000-0000-4000-8000-{n:012d}" creatingUser="{coder}" '
+            + (f"<Description>{NOTED[line]}</Description>" if line in NOTED else "")
+            + f'<Coding guid="c0d10000-0000-4000-8000-{n:012d}" creatingUser="{coder}" '
             f'creationDateTime="2026-11-0{n % 9 + 1}T10:00:00Z">'
             f'<CodeRef targetGUID="{GUID[code]}"/></Coding></PlainTextSelection>'
         )
@@ -143,6 +147,15 @@ def test_import_reads_codes_sources_and_codings(tmp_path, capsys):
         if text in coded:
             assert theme.split(";")[0].endswith(coded[text].lower().replace("ö", "o"))
     assert len(one) == 9  # 8 lines and Bo's overlapping stretch
+    assert dict(zip(one["text"], one["note"]))[next(iter(NOTED))] == next(iter(NOTED.values()))
+    # the coder's note goes back into a project as the selection's description
+    sources = sorted((tmp_path / "proj" / "documents").iterdir())
+    options = [x for path in sources for x in ("--sources", path)]
+    back = tmp_path / "back.qdpx"
+    code, said = run_cli(capsys, "export", "qdpx", tmp_path / "proj" / "labels.csv", *options,
+                         "-o", back)  # fmt: skip
+    assert code == 0, said
+    assert f"<Description>{next(iter(NOTED.values()))}</Description>" in validate(back)
     documents = sorted(p.name for p in (tmp_path / "proj" / "documents").iterdir())
     assert documents == ["Anteckningar grupp 1.txt", "Anteckningar grupp 2.txt", "Grupp 3.txt"]
     segments = read_table(tmp_path / "proj" / "segments.csv")

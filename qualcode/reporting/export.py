@@ -476,6 +476,8 @@ def _qdpx_bytes(
             if coded.predictions:
                 note = selection_note(row["_confidence"], row["_flagged"], row["_reason"])
                 ET.SubElement(selection, "Description").text = xml_text(note)
+            elif str(row.get("note", "")).strip():  # the coder's note on the answer
+                ET.SubElement(selection, "Description").text = xml_text(str(row["note"]).strip())
             for theme_id, who in dict.fromkeys(row["_codings"]):
                 coding = ET.SubElement(
                     selection,
