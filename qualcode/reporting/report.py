@@ -316,6 +316,7 @@ class _Contents:
     names: dict[str, str]
     source_name: str
     include_flagged: bool
+    discovery: list[str] = field(default_factory=list)  # the "Nya teman?" section's HTML
 
 
 # --------------------------------------------------------------------------- markdown
@@ -836,6 +837,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
             out += ["</tbody>", "</table>"]
         out.append("</section>")
 
+    out += c.discovery
     out += [
         f"<footer>qualcode · {_h(dt.date.today().isoformat())}"
         + (f" · {_h(source_name)}" if source_name else "")
@@ -879,6 +881,7 @@ def report(
     pseudonymiser: Pseudonymiser | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
     near: Sequence[str | os.PathLike[str]] = (),
+    discovery: str | os.PathLike[str] | None = None,
 ) -> ReportResult:
     """Write the report (see the module docstring): one HTML file if ``output`` ends in
     ``.html``, else a directory (created) with the HTML, Markdown, counts, charts and exports.
@@ -887,7 +890,8 @@ def report(
     :func:`qualcode.files.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
     metadata column (``None``: ``document`` when present); ``source_name`` names the input file
     in the report; ``sources`` (or documents found by name in the ``near`` folders) are the
-    segmented documents for the REFI-QDA export. Bad input
+    segmented documents for the REFI-QDA export; ``discovery`` is a ``qualcode discover``
+    folder whose suggested themes get a "Nya teman?" section. Bad input
     raises :class:`QualcodeError` before anything is written.
     """
     what = repr(source_name) if source_name else "input"
@@ -913,6 +917,15 @@ def report(
         charts["groups"] = _groups_chart(counts, coded, groups, names, by, source_name)
     messages: list[str] = [summary] if summary else []
     contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
+    if discovery is not None:
+        from qualcode.reporting.discovery import read_suggestions, suggestions_html
+
+        suggested = read_suggestions(discovery)
+        contents.discovery = suggestions_html(suggested, discovery)
+        messages.append(
+            f"discovery in {discovery}: {len(suggested)} suggested theme(s)"
+            + (" in the section “Nya teman?”" if suggested else ", nothing new to show")
+        )
     if single:
         atomic_write_text(output, _html(contents, charts, summary_sv))
         paths = {"report": output}
