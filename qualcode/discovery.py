@@ -11,12 +11,15 @@ finds them (BERTopic's recipe, adapted to a coded batch):
    ``other`` or flagged for review, are considered; ``all_segments`` considers everything.
 2. **Clusters.** The directions the known themes explain (their centroids) are projected out,
    and k-means clusters what remains, with the number of clusters chosen by the silhouette.
-   Each cluster then competes with the known themes for every segment of the batch: a segment
-   closer to the cluster's centroid than to every theme's joins it.
-3. **Verdicts.** A cluster whose centroid lies at least as close to a theme's centroid as the
-   batch's own segments of that theme lie (the confident half of those the model coded with
-   it) is a sub-theme of that theme (or a candidate to merge into it); the others are new. Keywords come from class-based tf-idf over Swedish stems
-   (:mod:`qualcode.model.keywords`); quotes are the members nearest the centroid.
+   Each cluster then competes with the known themes for the segments of the batch covered
+   worse than the median: one closer to the cluster's centroid than to every theme's joins it.
+3. **Verdicts.** A cluster is new when its members' neighbourhoods lie outside what was
+   labelled more than chance allows: the mean share of batch segments among their nearest
+   neighbours exceeds the share expected if the batch were like the labelled segments (the
+   batch's share of all segments) by more than three standard errors. Otherwise it is a
+   sub-theme of (or a candidate to merge into) the theme whose centroid is nearest.
+   Keywords come from class-based tf-idf over Swedish stems (:mod:`qualcode.model.keywords`);
+   quotes are the members nearest the centroid.
 
 On SIB-200 Swedish with two of seven topics hidden from the codebook, the best-matching
 cluster of each hidden topic reaches a mean F1 of about 0.66 (BENCHMARKS.md).
@@ -79,6 +82,7 @@ class Cluster:
     nearest_theme: str
     closeness: float
     verdict: str
+    outside: float = 0.0  # mean share of batch segments among the members' nearest neighbours
 
     @property
     def name(self) -> str:
@@ -190,6 +194,7 @@ def _batch(table: pd.DataFrame, codebook: Codebook) -> tuple[pd.DataFrame, dict[
         raise QualcodeError(
             "discover needs a 'text' column (a predictions, segments or labels file)"
         )
+    table = table.astype(object).fillna("").astype(str)  # as read from a file: every cell text
     keep = ~non_answers(table) & (column_text(table, "text").str.strip() != "")
     table = table[keep]
     segments = pd.DataFrame({c: column_text(table, c) for c in PROVENANCE if c in table.columns})
@@ -272,8 +277,10 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def novelty_scores(
     x: np.ndarray, reference: np.ndarray, confidence: np.ndarray | None
-) -> np.ndarray:
-    """How badly the known themes cover each segment, in [0, 1] (see the module docstring)."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """How badly the known themes cover each segment, in [0, 1] (see the module docstring);
+    the share of each segment's nearest neighbours that are batch segments; and the share
+    expected if the batch were like the labelled segments."""
     n = len(x)
     pool = np.vstack([reference, x])
     k = min(NEIGHBOURS, len(pool) - 1)
@@ -282,11 +289,12 @@ def novelty_scores(
     score = _ranks(from_batch)
     if confidence is not None and np.isfinite(confidence).all():
         score = (score + _ranks(-confidence)) / 2
+    expected = (n - 1) / (len(pool) - 1)
     smoothing = min(SMOOTHING, n - 1)
     if smoothing < 1:
-        return score
+        return score, from_batch, expected
     neighbours = _nearest(x, x, smoothing, skip_self=0)
-    return (score + score[neighbours].mean(axis=1)) / 2
+    return (score + score[neighbours].mean(axis=1)) / 2, from_batch, expected
 
 
 # --------------------------------------------------------------------------- clustering
@@ -365,6 +373,7 @@ def discover(
     all_segments: bool = False,
     share: float = SHARE,
     seed: int = 0,
+    embeddings: np.ndarray | None = None,
     progress: bool = False,
 ) -> Discovery:
     """Find groups of segments the codebook does not cover (see the module docstring).
@@ -372,7 +381,9 @@ def discover(
     ``table`` is a predictions file from ``qualcode classify`` (best: confidence and flags say
     what the model found hard), a segments or a labels table. ``model`` (the one that made the
     predictions) describes the known themes by its labelled segments; without it, the
-    codebook's own descriptions and examples do. The result is deterministic for a ``seed``.
+    codebook's own descriptions and examples do. ``embeddings`` of the segments (non-answers
+    and empty texts left out) already computed may be passed in. The result is deterministic
+    for a ``seed``.
     """
     from qualcode.model.classifier import get_encoder
     from qualcode.model.encoders import TFIDF, embed
@@ -400,7 +411,7 @@ def discover(
     reference, ref_themes = _reference(codebook, model, handle)
     known_ids = [t for t in codebook.ids if t in set(ref_themes)]
     known = _centroids(reference, ref_themes, known_ids) if known_ids else np.empty((0, x.shape[1]))
-    result.novelty = novelty_scores(x, reference, info["confidence"])
+    result.novelty, from_batch, expected = novelty_scores(x, reference, info["confidence"])
     if all_segments:
         considered = np.ones(n, dtype=bool)
     else:
@@ -419,38 +430,16 @@ def discover(
     labels[considered] = _kmeans(z[considered], seed)
     eligible = considered | (result.novelty >= np.quantile(result.novelty, JOIN_ABOVE))
     result.assigned = _compete(x, labels, known, eligible)
-    bars = _theme_bars(x, segments["theme"].to_numpy(), info["confidence"], known, known_ids)
-    result.clusters = _describe(result, x, known, known_ids, bars)
+    result.clusters = _describe(result, x, known, known_ids, (from_batch, expected))
     return result
 
 
-def _theme_bars(
+def _describe(
+    result: Discovery,
     x: np.ndarray,
-    themes: np.ndarray,
-    confidence: np.ndarray | None,
     known: np.ndarray,
     known_ids: list[str],
-) -> np.ndarray:
-    """How close each theme's own segments in this batch lie to its centroid: the cosine of
-    the centroid of the confident half of the segments coded with it (nearest centroid
-    without a model's coding). A theme with too few segments takes the lowest bar."""
-    if not len(known):
-        return np.zeros(0)
-    if not any(t in known_ids for t in themes):
-        themes = np.asarray(known_ids, dtype=object)[(x @ known.T).argmax(axis=1)]
-    bars = np.full(len(known_ids), np.nan)
-    for j, theme in enumerate(known_ids):
-        mine = np.flatnonzero(themes == theme)
-        if confidence is not None and len(mine):
-            mine = mine[confidence[mine] >= np.median(confidence[mine])]
-        if len(mine) >= MIN_CLUSTER:
-            bars[j] = float(_unit(x[mine].mean(axis=0, keepdims=True))[0] @ known[j])
-    fallback = np.nanmin(bars) if np.isfinite(bars).any() else 1.0
-    return np.where(np.isfinite(bars), bars, fallback)
-
-
-def _describe(
-    result: Discovery, x: np.ndarray, known: np.ndarray, known_ids: list[str], bars: np.ndarray
+    outside: tuple[np.ndarray, float],
 ) -> list[Cluster]:
     """Keywords, quotes, nearest theme and verdict of every cluster."""
     segments, assigned = result.segments, result.assigned
@@ -465,11 +454,13 @@ def _describe(
         order = members[np.argsort(-(x[members] @ centroid), kind="stable")]
         if len(known):
             sims = known @ centroid
-            j = int(sims.argmax())
-            nearest, closeness = known_ids[j], float(sims[j])
-            verdict = SUB_THEME if closeness >= bars[j] else NEW
+            nearest, closeness = known_ids[int(sims.argmax())], float(sims.max())
         else:
-            nearest, closeness, verdict = "", 0.0, NEW
+            nearest, closeness = "", 0.0
+        from_batch, expected = outside
+        share = float(from_batch[members].mean())
+        error = math.sqrt(expected * (1 - expected) / (NEIGHBOURS * len(members)))
+        verdict = NEW if not nearest or share > expected + 3 * error else SUB_THEME
         clusters.append(
             Cluster(
                 number=number,
@@ -479,6 +470,7 @@ def _describe(
                 nearest_theme=nearest,
                 closeness=round(closeness, 3),
                 verdict=verdict,
+                outside=round(share, 3),
             )
         )
     return clusters

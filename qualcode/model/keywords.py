@@ -93,6 +93,13 @@ def stem(word: str) -> str:
     return word
 
 
+def _base(word: str) -> str:
+    """The stem, with the definite ``-et`` the Snowball stemmer keeps also removed
+    (``teamet`` → ``team``): for matching the parts of compounds."""
+    word = stem(word)
+    return word[:-2] if word.endswith("et") and len(word) > 5 else word
+
+
 def words(text: str) -> list[str]:
     """The lower-cased words of ``text`` (hyphenated words kept whole), stop words left out."""
     found = (w.lower() for w in _WORD.findall(str(text)))
@@ -106,7 +113,7 @@ class Vocabulary:
 
     def __init__(self, texts: Iterable[str]):
         self.counts: Counter[str] = Counter(w for text in texts for w in words(text))
-        self.known = {stem(w) for w in self.counts if len(w) >= MIN_PART}
+        self.known = {_base(w) for w in self.counts if len(w) >= MIN_PART}
         self._parts: dict[str, tuple[str, ...]] = {}
 
     def parts(self, word: str) -> tuple[str, ...]:
@@ -118,11 +125,11 @@ class Vocabulary:
         if len(word) >= MIN_COMPOUND and "-" not in word:
             for cut in range(MIN_PART, len(word) - MIN_PART + 1):
                 head, tail = word[:cut], word[cut:]
-                if stem(tail) not in self.known:
+                if _base(tail) not in self.known:
                     continue
                 for link in LINKS:
                     bare = head[: len(head) - len(link)]
-                    if head.endswith(link) and len(bare) >= MIN_PART and stem(bare) in self.known:
+                    if head.endswith(link) and len(bare) >= MIN_PART and _base(bare) in self.known:
                         found = (bare, tail)
                         break
                 if found:
@@ -149,8 +156,8 @@ def class_keywords(
     """The ``top`` keywords of each group by class-based tf-idf: a stem's frequency in the
     group, weighted by ``log(1 + A / f)`` with ``f`` its frequency over all groups and ``A``
     the average number of terms per group (BERTopic's c-TF-IDF). Stems found in a single
-    segment are left out unless a group has no others. Each keyword is the stem's commonest
-    word form in the group."""
+    segment are left out unless a group has no others; ties go to the longer stem. Each keyword
+    is the stem's commonest word form in the group."""
     vocabulary = vocabulary or Vocabulary(texts)
     labels = list(dict.fromkeys(groups))
     per_group: dict[object, Counter[str]] = {g: Counter() for g in labels}
@@ -173,10 +180,13 @@ def class_keywords(
     average = tf.sum() / len(labels)
     weight = tf / np.maximum(tf.sum(axis=1, keepdims=True), 1) * np.log1p(average / frequency)
     rare = np.array([spread[s] < 2 for s in stems])
+    lengths = np.array([len(s) for s in stems])
     out: dict[object, list[str]] = {}
     for row, group in enumerate(labels):
         scores = np.where(rare, 0, weight[row]) if (weight[row][~rare] > 0).any() else weight[row]
-        best = [j for j in np.argsort(-scores, kind="stable")[:top] if scores[j] > 0]
+        # Among equal scores the longer stem first: content words are the longer ones.
+        order = np.lexsort((-lengths, -scores))
+        best = [j for j in order[:top] if scores[j] > 0]
         out[group] = [_form(forms[group], stems[j]) for j in best]
     return out
 
