@@ -392,22 +392,23 @@ def discover(
         raise QualcodeError(f"--share must be above 0 and at most 1, not {share}")
     segments, info = _batch(table, codebook)
     n = len(segments)
-    name = model.classifier.encoder if model is not None else encoder
-    handle = get_encoder(None if name == TFIDF else name)
-    x = (
-        _unit(embed(segments["text"].tolist(), handle, progress=progress))
-        if n
-        else np.empty((0, 0))
-    )
-    empty = np.zeros(n, dtype=bool)
-    result = Discovery(
-        segments, [], empty, np.zeros(n, dtype=int), np.zeros(n), _map(x), codebook, seed
-    )
+    nothing = np.zeros(n, dtype=int)
     if n < MIN_SEGMENTS:
+        result = Discovery(
+            segments, [], nothing > 0, nothing, np.zeros(n), np.full((n, 2), 0.5), codebook, seed
+        )
         result.messages.append(
             f"{n} segment(s): too few to discover themes in (at least {MIN_SEGMENTS} are needed)"
         )
         return result
+    name = model.classifier.encoder if model is not None else encoder
+    handle = get_encoder(None if name == TFIDF else name)
+    if embeddings is None:
+        embeddings = embed(segments["text"].tolist(), handle, progress=progress)
+    elif len(embeddings) != n:
+        raise QualcodeError(f"{len(embeddings)} embeddings for {n} segments")
+    x = _unit(embeddings)
+    result = Discovery(segments, [], nothing > 0, nothing, np.zeros(n), _map(x), codebook, seed)
     reference, ref_themes = _reference(codebook, model, handle)
     known_ids = [t for t in codebook.ids if t in set(ref_themes)]
     known = _centroids(reference, ref_themes, known_ids) if known_ids else np.empty((0, x.shape[1]))

@@ -1,4 +1,4 @@
-"""What ``qualcode discover`` writes into its folder, and the "Nya teman?" section of the report:
+"""What ``qualcode discover`` writes into its folder:
 
 - ``clusters.csv``: one row per segment considered (Swedish Excel: ``;``, UTF-8 with BOM);
 - ``codebook_suggestions.yaml``: the new clusters as codebook themes, to edit and merge;
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,10 @@ from qualcode.files.coded import PROVENANCE
 from qualcode.files.tables import atomic_write_text, staged_folder, write_table
 from qualcode.reporting.export import theme_color
 from qualcode.reporting.report import _CSS, _h
+from qualcode.reporting.suggestions import CLUSTERS, PAGE, SUGGESTIONS
 
-__all__ = [
-    "CLUSTERS",
-    "PAGE",
-    "SUGGESTIONS",
-    "Suggestion",
-    "read_suggestions",
-    "suggestions_html",
-    "write_discovery",
-]
+__all__ = ["write_discovery"]
 
-CLUSTERS, SUGGESTIONS, PAGE = "clusters.csv", "codebook_suggestions.yaml", "discover.html"
 # Cluster colours (Tableau 10), distinct from the grey of segments in no cluster.
 CLUSTER_PALETTE = (
     "#E15759", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948", "#9C755F",
@@ -230,66 +221,3 @@ def write_discovery(
         "suggestions": folder / SUGGESTIONS,
         "page": folder / PAGE,
     }
-
-
-# --------------------------------------------------------------------------- in the report
-
-
-@dataclass
-class Suggestion:
-    """A suggested theme as ``codebook_suggestions.yaml`` holds it."""
-
-    id: str
-    label: str
-    description: str
-    examples: list[str]
-
-
-def read_suggestions(folder: str | os.PathLike[str]) -> list[Suggestion]:
-    """The suggested themes of a ``qualcode discover`` folder (none when it found none)."""
-    path = Path(folder) / SUGGESTIONS
-    if not path.is_file():
-        raise QualcodeError(f"{folder} holds no {SUGGESTIONS}: run `qualcode discover` first")
-    from qualcode.files.tables import read_text
-
-    try:
-        data = yaml.safe_load(read_text(path, what="suggestions")) or {}
-    except yaml.YAMLError as err:
-        raise QualcodeError(f"{path} is not valid YAML: {err}") from None
-    themes = data.get("themes") or [] if isinstance(data, dict) else []
-    return [
-        Suggestion(
-            str(t.get("id", "")),
-            str(t.get("label", "")),
-            str(t.get("description", "")),
-            [str(e) for e in t.get("examples") or []],
-        )
-        for t in themes
-        if isinstance(t, dict)
-    ]
-
-
-def suggestions_html(suggestions: list[Suggestion], folder: str | os.PathLike[str]) -> list[str]:
-    """The report's "Nya teman?" section (empty when discovery found nothing new)."""
-    if not suggestions:
-        return []
-    page = Path(folder) / PAGE
-    out = [
-        '<section id="discovery">',
-        "<h2>Nya teman? <span class='en'>· New themes?</span></h2>",
-        f"<p>qualcode discover fann {len(suggestions)} grupp(er) av segment som kodboken inte "
-        f"täcker; se <code>{_h(page)}</code> och <code>{_h(Path(folder) / SUGGESTIONS)}</code>."
-        "</p>",
-    ]
-    for s in suggestions:
-        out += [
-            f'<article class="theme" data-suggestion="{_h(s.id)}">',
-            f"<h3>{_h(s.label)} <small>{_h(s.id)}</small></h3>",
-            f'<p class="description">{_h(s.description)}</p>',
-            '<ol class="quotes">',
-            *[f"<li><blockquote>{_h(e)}</blockquote></li>" for e in s.examples],
-            "</ol>",
-            "</article>",
-        ]
-    out.append("</section>")
-    return out

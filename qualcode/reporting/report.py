@@ -918,7 +918,7 @@ def report(
     messages: list[str] = [summary] if summary else []
     contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
     if discovery is not None:
-        from qualcode.reporting.discovery import read_suggestions, suggestions_html
+        from qualcode.reporting.suggestions import read_suggestions, suggestions_html
 
         suggested = read_suggestions(discovery)
         contents.discovery = suggestions_html(suggested, discovery)
