@@ -66,6 +66,7 @@ QUOTES = 5
 KEYWORDS = 8
 CHUNK = 2048  # rows per block of the similarity matrix (bounded memory on large batches)
 SILHOUETTE_SAMPLE = 3000
+LARGE = 2000  # segments clustered: above this, k-means restarts 3 times instead of 10
 NEW, SUB_THEME = "new", "sub-theme"
 
 
@@ -263,7 +264,7 @@ def _nearest(queries: np.ndarray, pool: np.ndarray, k: int, skip_self: int | Non
         if skip_self is not None:
             rows = np.arange(len(sims))
             sims[rows, skip_self + start + rows] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        part = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
         out[start : start + CHUNK] = part
     return out
 
@@ -316,8 +317,9 @@ def _kmeans(z: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.metrics import silhouette_score
 
     best: tuple[float, np.ndarray] | None = None
+    restarts = 10 if len(z) <= LARGE else 3  # a large batch: fewer restarts, as stable
     for k in range(2, min(MAX_CLUSTERS, len(z) // (2 * MIN_CLUSTER)) + 1):
-        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
+        labels = KMeans(k, n_init=restarts, random_state=seed).fit_predict(z)
         if len(set(labels)) < 2:
             continue
         sample = SILHOUETTE_SAMPLE if len(z) > SILHOUETTE_SAMPLE else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -64,6 +65,7 @@ def _r1(word: str) -> int:
     return len(word)
 
 
+@lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
     """The Snowball stem of a Swedish word (lower-cased): ``samverkan`` → ``samverk``,
     ``utbildningar`` → ``utbildning``."""
@@ -93,6 +95,7 @@ def stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=200_000)
 def _base(word: str) -> str:
     """The stem, with the definite ``-et`` the Snowball stemmer keeps also removed
     (``teamet`` → ``team``): for matching the parts of compounds."""

@@ -21,7 +21,7 @@ from qualcode.errors import QualcodeError
 from qualcode.files.coded import PROVENANCE
 from qualcode.files.tables import atomic_write_text, staged_folder, write_table
 from qualcode.reporting.export import theme_color
-from qualcode.reporting.report import _CSS, _h
+from qualcode.reporting.report import _h, page_head
 from qualcode.reporting.suggestions import CLUSTERS, PAGE, SUGGESTIONS
 
 __all__ = ["write_discovery"]
@@ -152,16 +152,7 @@ def _page(result: Discovery, source_name: str) -> str:
         ("Slumpfrö", str(result.seed)),
     ]
     out = [
-        "<!DOCTYPE html>",
-        '<html lang="sv">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<meta name="generator" content="qualcode">',
-        f"<title>{_h(codebook.name)} – nya teman?</title>",
-        f"<style>{_CSS}{_EXTRA_CSS}</style>",
-        "</head>",
-        "<body>",
+        *page_head(f"{codebook.name} – nya teman?", _EXTRA_CSS),
         "<main>",
         f"<h1>{_h(codebook.name)}</h1>",
         '<p class="subtitle">Nya teman? · <span class="en">Theme discovery</span></p>',

@@ -627,22 +627,30 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
-    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
-    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
-    include_flagged = c.include_flagged
-    themes, total = split_total(counts)
-    out = [
+def page_head(title: str, css: str = "") -> list[str]:
+    """The opening lines of a qualcode HTML page (through ``<body>``): Swedish, self-contained,
+    the report's style sheet plus ``css``."""
+    return [
         "<!DOCTYPE html>",
         '<html lang="sv">',
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="generator" content="qualcode">',
-        f"<title>{_h(codebook.name)} – temarapport</title>",
-        f"<style>{_CSS}</style>",
+        f"<title>{_h(title)}</title>",
+        f"<style>{_CSS}{css}</style>",
         "</head>",
         "<body>",
+    ]
+
+
+def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
+    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
+    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
+    include_flagged = c.include_flagged
+    themes, total = split_total(counts)
+    out = [
+        *page_head(f"{codebook.name} – temarapport"),
         "<main>",
         f"<h1>{_h(codebook.name)}</h1>",
         '<p class="subtitle">Temarapport · <span class="en">Theme report</span></p>',
