@@ -75,6 +75,8 @@ def test_compounds_count_their_known_parts():
     vocabulary = Vocabulary(["hemsjukvården och teamet", "ett hemsjukvårdsteam", "vårdcentral"])
     assert vocabulary.parts("hemsjukvårdsteam") == ("hemsjukvård", "team")
     assert vocabulary.parts("vårdcentralen") == ()  # not a compound of known words
+    # parts need stems of four letters: "resenärer" is not "rese" + "närer" beside "nära"
+    assert Vocabulary(["resenärer", "nära", "resa"]).parts("resenärer") == ()
     stems = [s for s, _ in vocabulary.terms("hemsjukvårdsteam behövs")]
     assert stems == ["hemsjukvårdsteam", "hemsjukvård", "team"]
 

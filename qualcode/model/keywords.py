@@ -35,7 +35,7 @@ STOP_WORDS = frozenset(
     egen egentligen enligt ens finns fanns fick ge ger gett gjordes håller hålla inför kring
     kommit lite mindre ned nog olika redan rätt sina snart senare ska stor stora står ta tar
     tas tid tillsammans trots ungefär ut vilket visar väl år ännu åt exempel t.ex. osv etc
-    bra behövs behöver fler
+    bra behövs behöver fler se ser sett tidigare första innan kallas kallade
     the and of to in a is for on with
     """.split()
 )
@@ -128,17 +128,23 @@ class Vocabulary:
         if len(word) >= MIN_COMPOUND and "-" not in word:
             for cut in range(MIN_PART, len(word) - MIN_PART + 1):
                 head, tail = word[:cut], word[cut:]
-                if _base(tail) not in self.known:
+                if not self._is_part(tail):
                     continue
                 for link in LINKS:
                     bare = head[: len(head) - len(link)]
-                    if head.endswith(link) and len(bare) >= MIN_PART and _base(bare) in self.known:
+                    if head.endswith(link) and self._is_part(bare):
                         found = (bare, tail)
                         break
                 if found:
                     break
         self._parts[word] = found
         return found
+
+    def _is_part(self, word: str) -> bool:
+        """A word of the material, with a stem of at least MIN_PART letters (so that
+        ``resenärer`` is not ``rese`` + ``närer``)."""
+        base = _base(word)
+        return len(base) >= MIN_PART and base in self.known
 
     def terms(self, text: str) -> list[tuple[str, str]]:
         """(stem, word) pairs of ``text``: every word, and the parts of its compounds."""
