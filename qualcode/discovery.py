@@ -230,12 +230,13 @@ def _reference(
     codebook: Codebook, model: ThemeModel | None, encoder: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of what the known themes look like, with their theme ids: the model's
-    labelled segments, else the codebook's descriptions, examples and labels. The catch-all
+    labelled segments (unless it is the tf-idf baseline, whose vectors are not the encoder's),
+    else the codebook's descriptions, examples and labels. The catch-all
     ``other`` is not a theme to compare with."""
     from qualcode.model.classifier import prototype_texts
-    from qualcode.model.encoders import embed
+    from qualcode.model.encoders import TFIDF, embed
 
-    if model is not None:
+    if model is not None and model.classifier.encoder != TFIDF:  # tf-idf rows are not e5's
         clf = model.classifier
         target = np.asarray(clf.oof_target_)
         if target.ndim == 2:  # multi-label: the first theme of each segment
