@@ -2,7 +2,8 @@
 
 The public API mirrors the command line: ``segment`` → ``label`` (``write_template`` /
 ``import_template``) → ``train`` → ``classify`` → ``build_review`` / ``apply_review`` →
-``report`` / ``write_workbook`` / ``write_qdpx``, with pandas DataFrames in and out. Each name
+``report`` / ``write_workbook`` / ``write_qdpx``, and ``discover`` for themes the codebook
+lacks, with pandas DataFrames in and out. Each name
 is imported on first use, so ``import qualcode`` (and ``qualcode --help``) loads neither
 scikit-learn nor torch.
 
@@ -46,6 +47,7 @@ _EXPORTS = {
     "build_review": "qualcode.review",
     "write_review": "qualcode.review",
     "apply_review": "qualcode.review",
+    "discover": "qualcode.discovery",
     "report": "qualcode.reporting.report",
     "write_workbook": "qualcode.reporting.export",
     "write_qdpx": "qualcode.reporting.export",

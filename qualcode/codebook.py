@@ -36,6 +36,7 @@ __all__ = [
     "Theme",
     "label_phrases",
     "load_codebook",
+    "merge_themes",
     "parse_codebook",
     "theme_texts",
 ]
@@ -373,3 +374,62 @@ def find_codebook(
         f"{' or '.join(CODEBOOK_LOOKUP)} here, no single codebook in models/, and "
         "QUALCODE_CODEBOOK is not set)"
     )
+
+
+def merge_themes(
+    codebook_path: str | os.PathLike[str], suggestions_path: str | os.PathLike[str]
+) -> tuple[list[str], Path | None]:
+    """Add the themes of ``suggestions_path`` (a ``qualcode discover`` suggestions file, or any
+    file in the codebook format) to the codebook at ``codebook_path``, after a timestamped
+    backup. The new themes are appended as YAML text, so the codebook's comments and layout
+    stay; an id or label that is already taken is refused and nothing is written. Returns the
+    ids added and the backup (None when there was nothing to add)."""
+    from qualcode.files.tables import atomic_write_text, backup_file
+
+    book = load_codebook(codebook_path)
+    text = read_text(suggestions_path, what="suggestions")
+    try:
+        data = yaml.load(text, Loader=_CodebookLoader) or {}  # noqa: S506 - safe, no aliases
+    except yaml.YAMLError:
+        raise QualcodeError(f"{Path(suggestions_path).name!r} is not valid YAML") from None
+    raw = data.get("themes") if isinstance(data, Mapping) else None
+    if not raw:
+        return [], None
+    if not isinstance(raw, list):
+        raise QualcodeError(f"{Path(suggestions_path).name!r}: 'themes' must be a list")
+    added = [_parse_theme(t, i, Path(suggestions_path).name) for i, t in enumerate(raw, 1)]
+    taken = [t.id for t in added if t.id in book.ids]
+    if taken:
+        where = book.path.name if book.path else "the codebook"
+        raise QualcodeError(
+            f"theme id(s) {', '.join(taken)} are already in {where}: "
+            "rename them in the suggestions (or merge by hand); nothing was written"
+        )
+    original = read_text(codebook_path, what="codebook")
+    items = yaml.safe_dump(
+        [{k: v for k, v in t.items() if k in _THEME_KEYS} for t in raw],
+        allow_unicode=True,
+        sort_keys=False,
+        width=100,
+    )
+    indent = re.search(r"^( *)- +id:", original, flags=re.M)
+    prefix = indent.group(1) if indent else ""
+    appended = (
+        original.rstrip("\n")
+        + "\n"
+        + "".join(
+            prefix + line if line.strip() else line for line in items.splitlines(keepends=True)
+        )
+    )
+    try:
+        merged = parse_codebook(yaml.load(appended, Loader=_CodebookLoader), source="merged")  # noqa: S506
+        if len(merged.themes) != len(book.themes) + len(added):
+            raise QualcodeError("the themes list is not the codebook's last entry")
+    except (yaml.YAMLError, QualcodeError):
+        full = yaml.load(original, Loader=_CodebookLoader)  # noqa: S506
+        full["themes"] = list(full["themes"]) + list(raw)
+        appended = yaml.safe_dump(full, allow_unicode=True, sort_keys=False, width=100)
+        parse_codebook(yaml.load(appended, Loader=_CodebookLoader), source="merged")  # noqa: S506
+    backup = backup_file(codebook_path)
+    atomic_write_text(codebook_path, appended)
+    return [t.id for t in added], backup

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "qualcode.review",
             "qualcode.agreement",
             "qualcode.evaluation",
+            "qualcode.discovery",
         ),
     ),
     ("reporting", ("qualcode.reporting",)),

@@ -215,6 +215,113 @@ def evaluate(labels, codebook, folds, settings, as_json, quiet):
 
 
 @cli.command()
+@click.argument("source", type=click.Path(path_type=Path), metavar="INPUT")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for discover.html, clusters.csv and codebook_suggestions.yaml.",
+)
+@click.option("--codebook", default=None, type=click.Path(path_type=Path), help=CODEBOOK_HELP)
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="The model that made the predictions: its labelled segments describe the known themes "
+    "(default: the codebook's descriptions and examples).",
+)
+@click.option(
+    "--all",
+    "all_segments",
+    is_flag=True,
+    help="Cluster every segment, not only those the codebook covers badly.",
+)
+@click.option(
+    "--share",
+    type=float,
+    default=1 / 3,
+    show_default="1/3",
+    help="Share of the segments considered, those the codebook covers worst.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+def discover(source, output, codebook, model_dir, all_segments, share, seed, quiet) -> None:
+    """Find themes the codebook lacks in INPUT (predictions, segments or labels).
+
+    Clusters the segments the codebook covers badly (low confidence, far from the labelled
+    segments, coded `other` or flagged), names each cluster with Swedish keywords and says
+    whether it is new or close to an existing theme.
+    """
+    from qualcode.discovery import discover as run_discover
+    from qualcode.files.tables import read_table, refuse_own_input
+    from qualcode.model.storage import load_model
+    from qualcode.reporting.discovery import write_discovery
+
+    refuse_own_input(output, [p for p in (source, codebook, model_dir) if p is not None])
+    model = load_model(model_dir) if model_dir is not None else None
+    if codebook is None and model is not None:
+        book = model.codebook
+    else:
+        book = use_codebook(codebook, [source])
+    table = read_table(source, required=("text",), what="predictions, segments or labels file")
+    result = run_discover(
+        table,
+        book,
+        model=model,
+        all_segments=all_segments,
+        share=share,
+        seed=seed,
+        progress=not quiet,
+    )
+    paths = write_discovery(result, output, source_name=source.name)
+    for message in result.messages:
+        click.echo(message, err=True)
+    if not quiet:
+        for cluster in result.clusters:
+            click.echo(
+                f"{cluster.name} ({len(cluster.members)} segments, {cluster.verdict}"
+                f"{' of ' + cluster.nearest_theme if cluster.verdict != 'new' else ''}): "
+                f"{', '.join(cluster.keywords)}"
+            )
+    click.echo(f"{result.summary()} → {output}", err=True)
+    next_step(
+        f"open {paths['page']} in a browser",
+        f"qualcode codebook merge {paths['suggestions']} --codebook CODEBOOK.yaml",
+    )
+
+
+@cli.group("codebook")
+def codebook_group() -> None:
+    """Work on the codebook file."""
+
+
+@codebook_group.command("merge")
+@click.argument("suggestions", type=click.Path(path_type=Path))
+@click.option(
+    "--codebook",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The codebook YAML to add the themes to (backed up first).",
+)
+def codebook_merge(suggestions, codebook) -> None:
+    """Add the themes of SUGGESTIONS (e.g. codebook_suggestions.yaml from `qualcode discover`)
+    to the codebook, after a timestamped backup; refuses ids already in it."""
+    from qualcode.codebook import merge_themes
+
+    added, backup = merge_themes(codebook, suggestions)
+    if not added:
+        click.echo(f"no themes in {suggestions}: {codebook} is unchanged", err=True)
+        return
+    click.echo(
+        f"{len(added)} theme(s) added to {codebook} ({', '.join(added)}); backup: {backup}",
+        err=True,
+    )
+    next_step(f"qualcode train LABELS.csv --codebook {codebook} -o MODEL_DIR")
+
+
+@cli.command()
 @click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path))
 @click.option(
     "--model-dir", default="models/samverkan", show_default=True, type=click.Path(path_type=Path)

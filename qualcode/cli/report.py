@@ -109,6 +109,14 @@ def _say(messages: list[str]) -> None:
     multiple=True,
     help="The segmented documents (files or folders), for codes.qdpx in a report directory.",
 )
+@click.option(
+    "--discover",
+    "discovery",
+    type=_path,
+    default=None,
+    metavar="DIR",
+    help="A `qualcode discover` folder: its suggested themes become a section “Nya teman?”.",
+)
 @_privacy_options
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the counts table.")
 def report(
@@ -120,6 +128,7 @@ def report(
     exemplars,
     include_flagged,
     sources,
+    discovery,
     pseudonymise,
     names,
     quiet,
@@ -144,6 +153,7 @@ def report(
         pseudonymiser=_pseudonymiser(pseudonymise, names),
         sources=sources,
         near=(source.parent, Path.cwd()),
+        discovery=discovery,
     )
     if not quiet:
         columns = [c for c in _SUMMARY_COLUMNS if c in result.counts.columns]

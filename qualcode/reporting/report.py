@@ -316,6 +316,7 @@ class _Contents:
     names: dict[str, str]
     source_name: str
     include_flagged: bool
+    discovery: list[str] = field(default_factory=list)  # the "Nya teman?" section's HTML
 
 
 # --------------------------------------------------------------------------- markdown
@@ -626,22 +627,30 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
-    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
-    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
-    include_flagged = c.include_flagged
-    themes, total = split_total(counts)
-    out = [
+def page_head(title: str, css: str = "") -> list[str]:
+    """The opening lines of a qualcode HTML page (through ``<body>``): Swedish, self-contained,
+    the report's style sheet plus ``css``."""
+    return [
         "<!DOCTYPE html>",
         '<html lang="sv">',
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="generator" content="qualcode">',
-        f"<title>{_h(codebook.name)} – temarapport</title>",
-        f"<style>{_CSS}</style>",
+        f"<title>{_h(title)}</title>",
+        f"<style>{_CSS}{css}</style>",
         "</head>",
         "<body>",
+    ]
+
+
+def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
+    coded, codebook, counts, exemplars = c.coded, c.coded.codebook, c.counts, c.exemplars
+    by, groups, names, source_name = c.by, c.groups, c.names, c.source_name
+    include_flagged = c.include_flagged
+    themes, total = split_total(counts)
+    out = [
+        *page_head(f"{codebook.name} – temarapport"),
         "<main>",
         f"<h1>{_h(codebook.name)}</h1>",
         '<p class="subtitle">Temarapport · <span class="en">Theme report</span></p>',
@@ -835,6 +844,7 @@ def _html(c: _Contents, charts: dict[str, bytes], pseudonymised: str) -> str:
             out += ["</tbody>", "</table>"]
         out.append("</section>")
 
+    out += c.discovery
     out += [
         f"<footer>qualcode · {_h(dt.date.today().isoformat())}"
         + (f" · {_h(source_name)}" if source_name else "")
@@ -878,6 +888,7 @@ def report(
     pseudonymiser: Pseudonymiser | None = None,
     sources: Sequence[str | os.PathLike[str]] = (),
     near: Sequence[str | os.PathLike[str]] = (),
+    discovery: str | os.PathLike[str] | None = None,
 ) -> ReportResult:
     """Write the report (see the module docstring): one HTML file if ``output`` ends in
     ``.html``, else a directory (created) with the HTML, Markdown, counts, charts and exports.
@@ -886,7 +897,8 @@ def report(
     :func:`qualcode.files.tables.read_table` returns it); ``by`` is ``document``, ``section`` or any
     metadata column (``None``: ``document`` when present); ``source_name`` names the input file
     in the report; ``sources`` (or documents found by name in the ``near`` folders) are the
-    segmented documents for the REFI-QDA export. Bad input
+    segmented documents for the REFI-QDA export; ``discovery`` is a ``qualcode discover``
+    folder whose suggested themes get a "Nya teman?" section. Bad input
     raises :class:`QualcodeError` before anything is written.
     """
     what = repr(source_name) if source_name else "input"
@@ -912,6 +924,15 @@ def report(
         charts["groups"] = _groups_chart(counts, coded, groups, names, by, source_name)
     messages: list[str] = [summary] if summary else []
     contents = _Contents(coded, counts, quotes, by, groups, names, source_name, include_flagged)
+    if discovery is not None:
+        from qualcode.reporting.suggestions import read_suggestions, suggestions_html
+
+        suggested = read_suggestions(discovery)
+        contents.discovery = suggestions_html(suggested, discovery)
+        messages.append(
+            f"discovery in {discovery}: {len(suggested)} suggested theme(s)"
+            + (" in the section “Nya teman?”" if suggested else ", nothing new to show")
+        )
     if single:
         atomic_write_text(output, _html(contents, charts, summary_sv))
         paths = {"report": output}
