@@ -8,17 +8,18 @@ needs_review, review_reason, themes, similarity``, then ``p_<theme>`` per theme.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from qualcode.errors import QualcodeError
+from qualcode.errors import QualcodeError, crash_point
 from qualcode.files.coded import (
     MODEL_PREFIX,
+    NON_ANSWER,
     NON_ANSWER_REASON,
     PREDICTION_COLUMNS,
     model_column,
@@ -27,7 +28,7 @@ from qualcode.files.coded import (
 from qualcode.model.review_rule import DECIMALS, INTERVAL_LEVEL, ReviewRule, fit_to_batch
 
 if TYPE_CHECKING:
-    from qualcode.model.classifier import ThemeClassifier
+    from qualcode.model.classifier import Scores, ThemeClassifier
     from qualcode.model.storage import ThemeModel
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".xlsx"}
@@ -38,27 +39,135 @@ def read_inputs(
 ) -> pd.DataFrame:
     """Segments to classify: segments tables (with a ``text`` column) are read as they are;
     documents (and survey exports with ``column``) are segmented on the fly."""
-    from qualcode.files.tables import check_text_lengths, read_segments_table
+    frames = list(input_chunks(paths, column=column, unit=unit, rows=2**62)())
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    _check_segments(out)
+    _refuse_duplicate_ids([_id_hashes(out)], lambda: iter([out]))
+    return out
+
+
+def _check_segments(segments: pd.DataFrame) -> None:
+    from qualcode.files.tables import check_text_lengths
+
+    if "text" not in segments.columns:
+        raise QualcodeError("the segments to classify need a 'text' column")
+    check_text_lengths(segments["text"], "segments to classify")
+
+
+def _id_hashes(segments: pd.DataFrame) -> np.ndarray:
+    """Hashes of the segment ids (none without the column): duplicates are found among them."""
+    if "segment_id" not in segments.columns:
+        return np.empty(0, np.uint64)
+    named = segments["segment_id"][segments["segment_id"] != ""]
+    return pd.util.hash_pandas_object(named, index=False).to_numpy()
+
+
+def input_chunks(
+    paths: Sequence[str | Path],
+    *,
+    column: str | None = None,
+    unit: str = "paragraph",
+    rows: int | None = None,
+) -> Callable[[], Iterator[pd.DataFrame]]:
+    """The segments to classify as chunks of at most ``rows`` rows (see :func:`read_inputs`):
+    a segments table (CSV, XLSX, Parquet) is read a chunk at a time; documents (and survey
+    exports with ``column``) are segmented whole, then cut. Every chunk has the columns of all
+    inputs, in order of appearance (empty where a file has none)."""
+    from qualcode.files.chunks import CHUNK_ROWS, CHUNKED_SUFFIXES, iter_table
+    from qualcode.files.tables import read_segments_table
     from qualcode.segmentation import segment
 
     if not paths:
         raise QualcodeError("give at least one input file")
-    frames = []
-    for path in map(Path, paths):
-        if path.suffix.lower() in TABLE_SUFFIXES and column is None:
-            frames.append(read_segments_table(path, required=["text"]))
-        else:
-            frames.append(segment([path], unit=unit, column=column))
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    check_text_lengths(out["text"], "segments to classify")
-    if "segment_id" in out.columns:
-        dupes = out["segment_id"][out["segment_id"].duplicated() & (out["segment_id"] != "")]
-        if len(dupes):
-            raise QualcodeError(
-                f"duplicate segment_id {dupes.iloc[0]!r} ({dupes.nunique()} ids repeat): "
-                "each segment needs its own id"
+    size = rows or CHUNK_ROWS
+
+    def tables(path: Path) -> Iterator[pd.DataFrame]:
+        if path.suffix.lower() in CHUNKED_SUFFIXES and column is None:
+            yield from iter_table(
+                path, required=["text"], what="segments file", rows=size, read=read_segments_table
             )
-    return out
+        else:
+            whole = segment([path], unit=unit, column=column)
+            for start in range(0, max(len(whole), 1), size):
+                yield whole.iloc[start : start + size].reset_index(drop=True)
+
+    columns: list[str] = []
+    for path in map(Path, paths):
+        first = next(tables(path))
+        columns += [c for c in first.columns if c not in columns]
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for path in map(Path, paths):
+            for chunk in tables(path):
+                if list(chunk.columns) != columns:
+                    chunk = chunk.reindex(columns=columns, fill_value="")
+                yield chunk
+
+    return chunks
+
+
+def classify_files(
+    model_dir: str | Path,
+    model: ThemeModel,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    column: str | None = None,
+    unit: str = "paragraph",
+    rule: ReviewRule | None = None,
+    multi_label: bool = False,
+    adapt: bool = True,
+    max_flagged: float | None = None,
+    excel: bool = False,
+    resume: bool = False,
+    chunk_rows: int | None = None,
+    dask: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Classify input files chunk by chunk into ``output`` (:func:`code_chunks`), written as it
+    goes to a temporary file renamed at the end. The scores of chunks done are kept in a run
+    folder beside ``output`` until the run ends, so a killed run ``resume``s where it stopped.
+    With ``dask`` (a scheduler address or ``local:N``) the chunks are scored on a Dask cluster.
+    Returns the columns the summaries read (see :func:`code_chunks`)."""
+    import contextlib
+
+    from qualcode.files.chunks import CHUNK_ROWS, RunFolder, TableWriter, file_fingerprint
+    from qualcode.files.tables import file_sha256
+    from qualcode.model.encoders import MANIFEST
+
+    rows = chunk_rows or CHUNK_ROWS
+    if rows < 1:
+        raise QualcodeError(f"--chunk-size must be at least 1, not {rows}")
+    chunks = input_chunks(inputs, column=column, unit=unit, rows=rows)
+    key = {
+        "inputs": file_fingerprint(inputs),
+        "model": file_sha256(Path(model_dir) / MANIFEST),
+        "column": column,
+        "unit": unit,
+        "rows": rows,
+    }
+    store = RunFolder(output, key, resume=resume)
+    with contextlib.ExitStack() as stack:
+        scorer: Scorer = score_locally
+        if dask:
+            from qualcode.model.cluster import dask_scorer
+
+            scorer = stack.enter_context(dask_scorer(dask, model_dir))
+        with TableWriter(output, excel=excel) as writer:
+            light = code_chunks(
+                model,
+                chunks,
+                store,
+                lambda frame: writer.write(as_written(frame)),
+                rule=rule,
+                multi_label=multi_label,
+                adapt=adapt,
+                max_flagged=max_flagged,
+                progress=progress,
+                scorer=scorer,
+            )
+    store.remove()
+    return light
 
 
 @dataclass
@@ -76,6 +185,70 @@ class Coded:
     margin: np.ndarray
 
 
+def ranked(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Themes ranked per row (column indices), the top probability and the margin to the
+    second, rounded as written to the predictions file so the file agrees with its flags."""
+    order = np.argsort(-proba, axis=1, kind="stable")
+    rows = np.arange(len(proba))
+    top = np.round(proba[rows, order[:, 0]], DECIMALS)
+    margin = np.round(top - proba[rows, order[:, 1]], DECIMALS) if proba.shape[1] > 1 else top
+    return order, top, margin
+
+
+class ScoreStore(Protocol):
+    """Where the :class:`Scores` of each chunk of a batch are kept between the passes (in memory,
+    or a :class:`~qualcode.files.chunks.RunFolder` on disk)."""
+
+    def done(self, index: int) -> bool: ...
+    def save(self, index: int, arrays: dict[str, np.ndarray]) -> None: ...
+    def load(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+class MemoryStore(dict):  # type: ignore[type-arg]
+    """A :class:`ScoreStore` in memory (a batch held whole)."""
+
+    def done(self, index: int) -> bool:
+        return index in self
+
+    def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        self[index] = {k: v for k, v in arrays.items() if v is not None}
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        return self[index]
+
+
+def learn_from_batch(
+    clf: ThemeClassifier, chunks: list[Scores], *, adapt: bool = True
+) -> ThemeClassifier:
+    """:meth:`ThemeClassifier.adapted` over a batch held as chunks of :class:`Scores`: the most
+    confident half of the whole batch, gathered from the chunks, refits the head once. Memory:
+    the kept embeddings (384 float32 per kept segment with e5-small)."""
+    from qualcode.model.classifier import ADAPT_MIN, confident, unit_length
+
+    n = sum(len(c.proba) for c in chunks)
+    if not adapt or not clf.can_adapt() or n < ADAPT_MIN:
+        return clf
+    chunks = [c for c in chunks if len(c.proba)]
+    if not all(c.dense is not None and unit_length(c.dense) for c in chunks):
+        return clf  # the stored training features are unit-length; these are not
+    keep = confident(np.concatenate([c.proba.max(axis=1) for c in chunks]))
+    dense, proba, start = [], [], 0
+    for c in chunks:
+        mine = keep[start : start + len(c.proba)]
+        start += len(c.proba)
+        dense.append(c.dense[mine])  # type: ignore[index]
+        proba.append(c.proba[mine])
+    return clf.refit_on(np.concatenate(dense), np.concatenate(proba))
+
+
+def final_proba(clf: ThemeClassifier, head: ThemeClassifier, scores: Scores) -> np.ndarray:
+    """The probabilities a chunk is coded with: its own, or those of the head that learnt from
+    the batch."""
+    if head is clf or not len(scores.proba):
+        return scores.proba
+    return head.proba_from_parts(scores.dense, scores.lexical)
+
+
 def code_batch(
     clf: ThemeClassifier,
     rule: ReviewRule,
@@ -88,19 +261,12 @@ def code_batch(
     """Predict and flag a batch. With ``adapt`` the classifier first learns from the batch
     itself (:meth:`ThemeClassifier.adapted`); ``max_flagged`` caps the share flagged for low
     confidence (see :func:`fit_to_batch`)."""
-    features = clf.transform(texts)
-    if adapt:
-        clf = clf.adapted(features)
-    proba = clf.proba_from_features(features)
-    order = np.argsort(-proba, axis=1, kind="stable")
-    rows = np.arange(len(texts))
-    # Rounded as written to the predictions file, so the file agrees with its flags.
-    top = np.round(proba[rows, order[:, 0]], DECIMALS)
-    margin = np.round(top - proba[rows, order[:, 1]], DECIMALS) if proba.shape[1] > 1 else top
+    scores = clf.scores(texts)
+    proba = final_proba(clf, learn_from_batch(clf, [scores], adapt=adapt), scores)
+    order, top, margin = ranked(proba)
     rule = fit_to_batch(rule, top, evidence=evidence, max_flagged=max_flagged)
-    similarity = clf.similarity_to_training(features)
-    flags, reasons = rule.flag(top, margin, similarity)
-    return Coded(proba, order, flags, reasons, similarity, rule, top, margin)
+    flags, reasons = rule.flag(top, margin, scores.similarity)
+    return Coded(proba, order, flags, reasons, scores.similarity, rule, top, margin)
 
 
 def classify(
@@ -121,29 +287,155 @@ def classify(
     used is in ``predictions.attrs["review_rule"]``."""
     if "text" not in segments.columns:
         raise QualcodeError("the segments to classify need a 'text' column")
+    frames: list[pd.DataFrame] = []
+    light = code_chunks(
+        model,
+        lambda: iter([segments]),
+        MemoryStore(),
+        frames.append,
+        rule=rule,
+        multi_label=multi_label,
+        adapt=adapt,
+        max_flagged=max_flagged,
+        progress=progress,
+    )
+    out = frames[0]
+    out.attrs["review_rule"] = light.attrs["review_rule"]
+    return out
+
+
+Scorer = Callable[
+    ["ThemeClassifier", Iterator[tuple[int, list[str]]]], Iterator[tuple[int, "Scores"]]
+]
+
+
+def score_locally(
+    clf: ThemeClassifier, items: Iterator[tuple[int, list[str]]]
+) -> Iterator[tuple[int, Scores]]:
+    """Score chunks one after the other in this process."""
+    for index, texts in items:
+        yield index, clf.scores(texts)
+
+
+def code_chunks(
+    model: ThemeModel,
+    chunks: Callable[[], Iterator[pd.DataFrame]],
+    store: ScoreStore,
+    write: Callable[[pd.DataFrame], None],
+    *,
+    rule: ReviewRule | None = None,
+    multi_label: bool = False,
+    adapt: bool = True,
+    max_flagged: float | None = None,
+    progress: bool = True,
+    scorer: Scorer = score_locally,
+) -> pd.DataFrame:
+    """Classify a batch given as chunks (``chunks()`` yields the same segments tables, in the
+    same order, every time it is called) and hand each coded chunk to ``write``.
+
+    Three passes: (1) each chunk's :class:`Scores` (embeddings and predictions, the expensive
+    part; ``scorer`` may spread it over a cluster) go to ``store``, skipping chunks already there
+    (a resumed run); (2) the batch-level step: learning from the confident half of the batch
+    and the review threshold over all its confidences; (3) each chunk's rows are coded and
+    written. The result equals classifying the whole batch at once. Returns the columns the
+    summaries read (themes, needs_review, confidence, non_answer), with the review rule used in
+    ``attrs["review_rule"]``."""
     clf = model.classifier
     if multi_label and not clf.multi_label:
         raise QualcodeError(
             "this model was trained single-label: retrain with `qualcode train --multi-label`"
         )
+    from qualcode.model.classifier import Scores
+
     clf = copy.copy(clf)
     clf.progress = progress
-    skipped = non_answers(segments)  # survey answers with nothing to code
-    texts = segments["text"].astype(str)[~skipped].tolist()
-    classes = [str(c) for c in clf.classes_]
-    if not texts:
+    n_chunks = _score_chunks(clf, chunks, store, scorer)
+    parts = [Scores.from_arrays(store.load(i)) for i in range(n_chunks)]
+    if not sum(len(p.proba) for p in parts):
         raise QualcodeError(
             "every segment is marked as a non-answer (column non_answer): nothing to classify"
         )
-    coded = code_batch(
-        clf,
-        rule or model.review_rule,
-        texts,
-        adapt=adapt,
-        max_flagged=max_flagged,
-        evidence=model.review_evidence,
+    head = learn_from_batch(clf, parts, adapt=adapt)
+    top = np.concatenate([ranked(final_proba(clf, head, p))[1] for p in parts])
+    rule = fit_to_batch(
+        rule or model.review_rule, top, evidence=model.review_evidence, max_flagged=max_flagged
     )
-    proba, order = coded.proba, coded.order
+    del parts, top
+    light = []
+    for index, segments in enumerate(chunks()):
+        scores = Scores.from_arrays(store.load(index))
+        out = _coded_rows(model, clf, segments, scores, final_proba(clf, head, scores), rule)
+        write(out)
+        names = [model_column(out, c) for c in ("themes", "needs_review", "confidence")]
+        light.append(out[[c for c in (*names, NON_ANSWER) if c in out.columns]])
+    summary = pd.concat(light, ignore_index=True)
+    summary.attrs["review_rule"] = rule
+    return summary
+
+
+def _score_chunks(
+    clf: ThemeClassifier,
+    chunks: Callable[[], Iterator[pd.DataFrame]],
+    store: ScoreStore,
+    scorer: Scorer,
+) -> int:
+    """Pass 1: check every chunk and score those not yet in ``store``; the number of chunks."""
+    ids: list[np.ndarray] = []
+    count = 0
+
+    def todo() -> Iterator[tuple[int, list[str]]]:
+        nonlocal count
+        for index, segments in enumerate(chunks()):
+            count += 1
+            _check_segments(segments)
+            ids.append(_id_hashes(segments))
+            if not store.done(index):
+                skipped = non_answers(segments)  # survey answers with nothing to code
+                texts = segments["text"].astype(str)[~skipped].tolist()
+                if texts:
+                    yield index, texts
+                else:  # nothing to score: an empty chunk of scores
+                    k = len(clf.classes_)
+                    store.save(index, {"proba": np.empty((0, k)), "similarity": np.empty(0)})
+
+    for index, scores in scorer(clf, todo()):
+        store.save(index, scores.arrays())  # type: ignore[arg-type]
+        crash_point("chunk-scored")
+    _refuse_duplicate_ids(ids, chunks)
+    return count
+
+
+def _refuse_duplicate_ids(
+    ids: list[np.ndarray], chunks: Callable[[], Iterator[pd.DataFrame]]
+) -> None:
+    hashes = np.sort(np.concatenate(ids)) if ids else np.empty(0, np.uint64)
+    if not len(hashes) or not (hashes[1:] == hashes[:-1]).any():
+        return
+    seen: dict[str, int] = {}
+    for segments in chunks():
+        for sid in segments.get("segment_id", pd.Series(dtype=str)):
+            if sid:
+                seen[sid] = seen.get(sid, 0) + 1
+    dupes = [sid for sid, n in seen.items() if n > 1]
+    raise QualcodeError(
+        f"duplicate segment_id {dupes[0]!r} ({len(dupes)} ids repeat): "
+        "each segment needs its own id"
+    )
+
+
+def _coded_rows(
+    model: ThemeModel,
+    clf: ThemeClassifier,
+    segments: pd.DataFrame,
+    scores: Scores,
+    proba: np.ndarray,
+    rule: ReviewRule,
+) -> pd.DataFrame:
+    """Pass 3 for one chunk: its rows with the prediction columns added."""
+    order, top, margin = ranked(proba)
+    flags, reasons = rule.flag(top, margin, scores.similarity)
+    skipped = non_answers(segments)
+    classes = [str(c) for c in clf.classes_]
 
     def spread(values: Any, blank: Any) -> list[Any]:
         """Values of the coded rows in place, ``blank`` for the non-answers."""
@@ -153,13 +445,13 @@ def classify(
     nan = float("nan")
     columns: dict[str, Any] = {
         "theme": spread((classes[j] for j in order[:, 0]), ""),
-        "confidence": spread(coded.confidence, nan),
+        "confidence": spread(top, nan),
         "second_theme": spread((classes[j] for j in order[:, 1]), ""),
-        "margin": spread(coded.margin, nan),
-        "needs_review": spread(coded.flags, False),
-        "review_reason": spread(coded.reasons, NON_ANSWER_REASON),
+        "margin": spread(margin, nan),
+        "needs_review": spread(flags, False),
+        "review_reason": spread(reasons, NON_ANSWER_REASON),
         "themes": spread(theme_lists(proba, order, classes, model, clf.multi_label), ""),
-        "similarity": spread(np.round(coded.similarity, DECIMALS), nan),
+        "similarity": spread(np.round(scores.similarity, DECIMALS), nan),
     }
     assert list(columns) == list(PREDICTION_COLUMNS)
     for j, theme in enumerate(classes):
@@ -173,7 +465,6 @@ def classify(
                 "so the model's column does not replace it"
             )
         out[target] = values
-    out.attrs["review_rule"] = coded.rule
     return out
 
 
@@ -270,7 +561,12 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path, *, excel: boo
     """Write predictions atomically; ``needs_review`` as ``true``/``false``."""
     from qualcode.files.tables import write_table
 
+    write_table(as_written(predictions), path, excel=excel)
+
+
+def as_written(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions as the file holds them: ``needs_review`` as ``true``/``false``."""
     out = predictions.copy()
     column = model_column(out, "needs_review")
     out[column] = np.where(out[column].astype(bool), "true", "false")
-    write_table(out, path, excel=excel)
+    return out

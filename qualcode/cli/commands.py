@@ -124,6 +124,24 @@ def train(labels, codebook, output, settings, quiet):
     help="Learn from the batch before coding it (self-training on its confident predictions).",
 )
 @click.option("--multi-label", is_flag=True, help="Require a multi-label model.")
+@click.option(
+    "--dask",
+    default=None,
+    metavar="ADDRESS",
+    help="Score the chunks on a Dask cluster: a scheduler (tcp://host:8786) or local:N for N "
+    "worker processes on this machine.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run from the chunks it had done (same inputs, model and chunk size).",
+)
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="Segments per chunk (and per Dask task); default 10000.",
+)
 @excel_option
 @force_option
 @quiet_option
@@ -139,13 +157,18 @@ def classify(
     min_margin,
     adapt,
     multi_label,
+    dask,
+    resume,
+    chunk_size,
     excel,
     force,
     quiet,
 ):
-    """Classify segments (a segments CSV or documents) with a trained model."""
-    from qualcode.classification import classify as run_classify
-    from qualcode.classification import read_inputs, review_summary, summarize, write_predictions
+    """Classify segments (a segments table or documents) with a trained model.
+
+    Tables (CSV, XLSX, Parquet) are read and the output written chunk by chunk, so memory
+    stays flat whatever the input's size."""
+    from qualcode.classification import classify_files, review_summary, summarize
     from qualcode.codebook import load_codebook
     from qualcode.model.storage import load_model
 
@@ -154,17 +177,23 @@ def classify(
     rule = model.rule_for(target_accuracy) if target_accuracy else model.review_rule
     if min_margin is not None:
         rule = dataclasses.replace(rule, min_margin=min_margin)
-    segments = read_inputs(inputs, column=column, unit=unit)
-    predictions = run_classify(
+    predictions = classify_files(
+        model_dir,
         model,
-        segments,
+        inputs,
+        output,
+        column=column,
+        unit=unit,
         rule=rule,
         multi_label=multi_label,
         adapt=adapt,
         max_flagged=max_flagged,
+        excel=excel,
+        resume=resume,
+        chunk_rows=chunk_size,
+        dask=dask,
         progress=not quiet,
     )
-    write_predictions(predictions, output, excel=excel)
     _echo_table(summarize(predictions, model), quiet)
     click.echo(review_summary(predictions), err=True)
     click.echo(f"{len(predictions)} segments classified → {output}", err=True)

@@ -551,7 +551,10 @@ _CACHES: dict[Path, EmbeddingCache] = {}
 
 
 def default_cache() -> EmbeddingCache:
-    path = qualcode_home() / "embeddings.sqlite"
+    """The embedding cache of this process: ``$QUALCODE_EMBEDDING_CACHE`` (a cluster worker's
+    own file), else ``embeddings.sqlite`` under :func:`qualcode_home`."""
+    env = os.environ.get("QUALCODE_EMBEDDING_CACHE")
+    path = Path(env) if env else qualcode_home() / "embeddings.sqlite"
     if path not in _CACHES:
         _CACHES[path] = EmbeddingCache(path)
     return _CACHES[path]
