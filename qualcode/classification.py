@@ -8,6 +8,7 @@ needs_review, review_reason, themes, similarity``, then ``p_<theme>`` per theme.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,9 @@ def input_chunks(
     a segments table (CSV, XLSX, Parquet) is read a chunk at a time; documents (and survey
     exports with ``column``) are segmented whole, then cut. Every chunk has the columns of all
     inputs, in order of appearance (empty where a file has none)."""
-    from qualcode.files.chunks import CHUNK_ROWS, CHUNKED_SUFFIXES, iter_table
+    from qualcode.files.chunks import CHUNK_ROWS, CHUNKED_SUFFIXES, aligned, iter_table
     from qualcode.files.tables import read_segments_table
-    from qualcode.segmentation import segment
+    from qualcode.segmentation import segment_chunks
 
     if not paths:
         raise QualcodeError("give at least one input file")
@@ -87,23 +88,9 @@ def input_chunks(
                 path, required=["text"], what="segments file", rows=size, read=read_segments_table
             )
         else:
-            whole = segment([path], unit=unit, column=column)
-            for start in range(0, max(len(whole), 1), size):
-                yield whole.iloc[start : start + size].reset_index(drop=True)
+            yield from segment_chunks([path], unit=unit, column=column, rows=size)()
 
-    columns: list[str] = []
-    for path in map(Path, paths):
-        first = next(tables(path))
-        columns += [c for c in first.columns if c not in columns]
-
-    def chunks() -> Iterator[pd.DataFrame]:
-        for path in map(Path, paths):
-            for chunk in tables(path):
-                if list(chunk.columns) != columns:
-                    chunk = chunk.reindex(columns=columns, fill_value="")
-                yield chunk
-
-    return chunks
+    return aligned([functools.partial(tables, path) for path in map(Path, paths)])
 
 
 def classify_files(

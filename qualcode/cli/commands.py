@@ -48,23 +48,28 @@ def cli() -> None:
 @excel_option
 @force_option
 def segment(paths, output, unit, column, excel, force) -> None:
-    """Split documents or survey exports into codable segments with provenance."""
-    from qualcode.files.tables import write_table
-    from qualcode.segmentation import segment as run_segment
+    """Split documents or survey exports into codable segments with provenance.
+
+    Survey exports are read and segments written a chunk at a time (memory stays flat)."""
+    from qualcode.files.chunks import TableWriter
+    from qualcode.segmentation import segment_chunks
 
     guarded(output, paths, force)
-    segments = run_segment(paths, unit=unit, column=column)
-    write_table(segments, output, excel=excel)
+    chunks = segment_chunks(paths, unit=unit, column=column)
+    with TableWriter(output, excel=excel) as writer:
+        for chunk in chunks():
+            writer.write(chunk)
+    counts = chunks.counts
     notes = []
-    if segments.attrs.get("empty_answers"):
-        notes.append(f"{segments.attrs['empty_answers']} empty answer(s) left out")
-    if segments.attrs.get("non_answers"):
+    if counts.get("empty_answers"):
+        notes.append(f"{counts['empty_answers']} empty answer(s) left out")
+    if counts.get("non_answers"):
         notes.append(
-            f"{segments.attrs['non_answers']} answer(s) with nothing to code (such as “vet ej”) "
+            f"{counts['non_answers']} answer(s) with nothing to code (such as “vet ej”) "
             "marked in column non_answer: counted, asked last, not coded"
         )
     said = f" ({'; '.join(notes)})" if notes else ""
-    click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}{said}", err=True)
+    click.echo(f"{writer.rows} segments from {len(paths)} file(s) → {output}{said}", err=True)
     next_step(
         f"qualcode label {output} -o labels.csv",
         f"qualcode classify MODEL_DIR {output} -o predictions.csv",

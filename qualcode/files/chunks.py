@@ -49,6 +49,7 @@ __all__ = [
     "CHUNKED_SUFFIXES",
     "RunFolder",
     "TableWriter",
+    "aligned",
     "iter_table",
 ]
 
@@ -227,6 +228,26 @@ def _parquet_cell(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def aligned(
+    sources: Sequence[Callable[[], Iterator[pd.DataFrame]]], fill: Any = ""
+) -> Callable[[], Iterator[pd.DataFrame]]:
+    """The chunks of several tables one after the other, each with the columns of all of them
+    in order of appearance (``fill`` where a table has none), as ``pd.concat`` would give."""
+    columns: list[str] = []
+    for source in sources:
+        first = next(source())
+        columns += [c for c in first.columns if c not in columns]
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for source in sources:
+            for chunk in source():
+                if list(chunk.columns) != columns:
+                    chunk = chunk.reindex(columns=columns, fill_value=fill)
+                yield chunk
+
+    return chunks
 
 
 class TableWriter:

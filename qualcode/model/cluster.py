@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["dask_scorer", "score_partition"]
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep it busy, bounded memory
-_LOADED: dict[str, ThemeClassifier] = {}  # on a worker: the model, by manifest sha256
+_LOADED: dict[tuple[str, str], ThemeClassifier] = {}  # on a worker: by folder and manifest
 
 
 def _worker_name() -> str:
@@ -47,8 +47,8 @@ def _worker_name() -> str:
 def worker_classifier(model_dir: str, manifest: str) -> ThemeClassifier:
     """The model's classifier on this worker, loaded on first use and checked against the
     ``manifest`` sha256 the client saw."""
-    if manifest in _LOADED:
-        return _LOADED[manifest]
+    if (model_dir, manifest) in _LOADED:
+        return _LOADED[model_dir, manifest]
     from qualcode.model.storage import load_model
 
     name = _worker_name()
@@ -75,7 +75,7 @@ def worker_classifier(model_dir: str, manifest: str) -> ThemeClassifier:
         raise QualcodeError(f"{where} cannot load the model {model_dir}: {err}") from None
     clf = copy.copy(model.classifier)
     clf.progress = False
-    _LOADED[manifest] = clf
+    _LOADED[model_dir, manifest] = clf
     return clf
 
 
