@@ -41,7 +41,6 @@ from qualcode.files.tables import (
     check_file,
     check_text_lengths,
     check_zip_container,
-    read_table,
     read_text,
     spreadsheet_rows,
 )
@@ -61,7 +60,7 @@ __all__ = [
 SEGMENT_COLUMNS = ["segment_id", "document", "section", "line_start", "line_end", "text"]
 UNITS = ("paragraph", "sentence")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-SURVEY_SUFFIXES = (".csv", ".tsv", ".xlsx")
+SURVEY_SUFFIXES = (".csv", ".tsv", ".xlsx", ".parquet")
 SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, ".docx", *SURVEY_SUFFIXES)
 
 SECTION_SEPARATOR = " › "
@@ -740,7 +739,7 @@ def _survey_chunks(
     from qualcode.files.chunks import iter_table
 
     if column is None:
-        frame = read_table(path, what="survey export")
+        frame = next(iter_table(path, what="survey export"))
         raise QualcodeError(
             f"{path.name!r} is a table: pass --column NAME to say which column holds the "
             f"answers (columns: {', '.join(repr(c) for c in frame.columns)})."

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from qualcode.errors import QualcodeError
-from qualcode.files.tables import read_table, write_table
+from qualcode.files.tables import read_table, spreadsheet_rows, write_table
 
 from .conftest import CORPORA
 from .test_cli import run
@@ -170,3 +170,37 @@ def test_a_model_a_worker_cannot_read_is_one_clear_error(model_dir, segments, tm
     assert "Dask worker" in message and "cannot load the model" in message
     assert "\n" not in message
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252", "utf-16"])
+def test_a_large_text_table_is_parsed_as_a_stream_like_a_small_one(tmp_path, monkeypatch, encoding):
+    from qualcode.files import chunks
+
+    rows = ["Respondent;Svar;Kommun", '1;"Mer samverkan; tack";Lund', "", "2;=SUMMA;Ystad"]
+    rows += [f'{i};"Rad {i}\nmed radbrytning, å ä ö";Malmö' for i in range(3, 40)]
+    path = tmp_path / "enkat.csv"
+    path.write_bytes(("\r\n".join(rows) + "\r\n\r\n").encode(encoding))
+    whole = read_table(path, required=["Svar"])
+    monkeypatch.setattr(chunks, "STREAM_BYTES", 0)
+    parts = list(chunks.iter_table(path, required=["Svar"], rows=7))
+    assert [len(p) for p in parts] == [7, 7, 7, 7, 7, 5]
+    streamed = pd.concat(parts, ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, whole, check_like=False)
+    assert [chunks_row for p in parts for chunks_row in spreadsheet_rows(p)] == spreadsheet_rows(
+        whole
+    )
+
+
+def test_segment_in_chunks_equals_segment_whole(tmp_path):
+    from qualcode.segmentation import segment, segment_chunks
+
+    survey = tmp_path / "enkat.xlsx"
+    answers = ["Vet ej", "", "Mer samverkan.", "Mer samverkan.", "Gemensamma utbildningar!"] * 5
+    write_table(pd.DataFrame({"Kommun": ["Lund"] * 25, "Svar": answers}), survey)
+    whole = segment([survey], column="Svar")
+    chunks = segment_chunks([survey], column="Svar", rows=4)
+    parts = list(chunks())
+    assert len(parts) > 3
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+    assert chunks.counts == {"empty_answers": 5, "non_answers": 5}
+    assert whole["segment_id"].is_unique  # repeated answers get -2, -3 across chunks too

@@ -161,6 +161,7 @@ def _csv_records(path: Path, what: str, required: Sequence[str]) -> Iterator[lis
         handle.seek(0)
         text = io.TextIOWrapper(handle, encoding=encoding, newline="")
         head = text.read(_SAMPLE_BYTES)
+        text.detach()  # the handle is read again from the start
         preferred = "\t" if path.suffix.lower() == ".tsv" else ","
         delimiter = _sniff_delimiter(head.lstrip("\ufeff"), required, preferred)
         if csv.field_size_limit() < MAX_TEXT_BYTES:
