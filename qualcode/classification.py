@@ -116,12 +116,17 @@ def classify_files(
     folder beside ``output`` until the run ends, so a killed run ``resume``s where it stopped.
     With ``dask`` (a scheduler address or ``local:N``) the chunks are scored on a Dask cluster.
     Returns the columns the summaries read (see :func:`code_chunks`)."""
-    import contextlib
-
-    from qualcode.files.chunks import CHUNK_ROWS, RunFolder, TableWriter, file_fingerprint
+    from qualcode.files.chunks import CHUNK_ROWS, RunFolder, file_fingerprint
     from qualcode.files.tables import file_sha256
     from qualcode.model.encoders import MANIFEST
 
+    settings = {
+        "rule": rule,
+        "multi_label": multi_label,
+        "adapt": adapt,
+        "max_flagged": max_flagged,
+        "progress": progress,
+    }
     rows = chunk_rows or CHUNK_ROWS
     if rows < 1:
         raise QualcodeError(f"--chunk-size must be at least 1, not {rows}")
@@ -134,6 +139,29 @@ def classify_files(
         "rows": rows,
     }
     store = RunFolder(output, key, resume=resume)
+    try:
+        light = _code_files(model, chunks, store, output, excel, dask, model_dir, **settings)
+    except QualcodeError:
+        store.remove()  # bad input: nothing to resume
+        raise
+    store.remove()
+    return light
+
+
+def _code_files(
+    model: ThemeModel,
+    chunks: Callable[[], Iterator[pd.DataFrame]],
+    store: ScoreStore,
+    output: str | Path,
+    excel: bool,
+    dask: str | None,
+    model_dir: str | Path,
+    **settings: Any,
+) -> pd.DataFrame:
+    import contextlib
+
+    from qualcode.files.chunks import TableWriter
+
     with contextlib.ExitStack() as stack:
         scorer: Scorer = score_locally
         if dask:
@@ -141,20 +169,14 @@ def classify_files(
 
             scorer = stack.enter_context(dask_scorer(dask, model_dir))
         with TableWriter(output, excel=excel) as writer:
-            light = code_chunks(
+            return code_chunks(
                 model,
                 chunks,
                 store,
                 lambda frame: writer.write(as_written(frame)),
-                rule=rule,
-                multi_label=multi_label,
-                adapt=adapt,
-                max_flagged=max_flagged,
-                progress=progress,
                 scorer=scorer,
+                **settings,
             )
-    store.remove()
-    return light
 
 
 @dataclass

@@ -80,10 +80,21 @@ def write_data(n: int, folder: Path) -> dict[str, Path]:
     return {"survey": survey, "segments": segments}
 
 
-def measure(command: list[str]) -> dict:
+def cold_cache(folder: Path) -> dict[str, str]:
+    """The environment for a run with cold embedding caches: a new sqlite file for this
+    process, and the Dask workers' own files (under the temporary folder) removed."""
+    import shutil
+    import tempfile
+
+    shutil.rmtree(Path(tempfile.gettempdir()) / f"qualcode-{os.getuid()}", ignore_errors=True)
+    cache = folder / f"cold-cache-{time.time_ns()}.sqlite"
+    return {"QUALCODE_EMBEDDING_CACHE": str(cache)}
+
+
+def measure(command: list[str], extra_env: dict[str, str] | None = None) -> dict:
     """Run ``command``; wall time, exit code, peak RSS of the main process, of each child
     process (Dask workers) and of all of them together (sampled every 0.2 s)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     start = time.perf_counter()
     proc = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak_main, peak_total = 0, 0
@@ -155,7 +166,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.finetune:
                 command.append("--finetune")
             record.update(labels=str(args.labels), finetune=args.finetune)
-        record.update(measure(command))
+        env = None
+        if args.what == "classify":
+            env = cold_cache(args.out)
+            if args.dask:  # the workers make their own caches
+                env = {}
+        record.update(measure(command, env))
         if n and record["exit"] == 0:
             record["segments_per_second"] = round(n / record["seconds"], 1)
         print(json.dumps(record), flush=True)

@@ -67,6 +67,21 @@ def whole(model_dir, segments, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def single_cold(model_dir, segments, tmp_path_factory) -> Path:
+    """The single-process run in chunks of 30 with a cold embedding cache, as Dask workers
+    with their own new caches embed them: the same texts in the same batches give the same
+    floats, to the last bit."""
+    folder = tmp_path_factory.mktemp("single")
+    out = folder / "predictions.csv"
+    result = qualcode(
+        "classify", model_dir, segments, "-o", out, "--chunk-size", 30, "-q",
+        QUALCODE_EMBEDDING_CACHE=str(folder / "cold.sqlite"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def qualcode(*args: object, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("QUALCODE_CRASH")}
     return subprocess.run(
@@ -124,7 +139,7 @@ def test_a_killed_run_leaves_no_output_and_resumes(model_dir, segments, whole, t
 
 
 def test_dask_local_cluster_gives_every_cell_of_the_single_process_run(
-    capsys, model_dir, segments, whole, tmp_path
+    capsys, model_dir, segments, single_cold, tmp_path
 ):
     out = tmp_path / "dask.csv"
     code, _, err = run(
@@ -132,15 +147,15 @@ def test_dask_local_cluster_gives_every_cell_of_the_single_process_run(
         "--chunk-size", 30, "-q",
     )  # fmt: skip
     assert code == 0, err
-    single, distributed = read_table(whole), read_table(out)
+    single, distributed = read_table(single_cold), read_table(out)
     assert list(distributed.columns) == list(single.columns)
     pd.testing.assert_frame_equal(distributed, single)  # every cell, as text: floats exact
-    assert out.read_bytes() == whole.read_bytes()
+    assert out.read_bytes() == single_cold.read_bytes()
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
-    model_dir, segments, whole, tmp_path
+    model_dir, segments, single_cold, tmp_path
 ):
     out = tmp_path / "dask.csv"
     marker = tmp_path / "killed-once"
@@ -150,7 +165,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert marker.exists()  # a worker did die with a chunk in hand
-    assert out.read_bytes() == whole.read_bytes()
+    assert out.read_bytes() == single_cold.read_bytes()
 
 
 @pytest.mark.slow
@@ -204,3 +219,19 @@ def test_segment_in_chunks_equals_segment_whole(tmp_path):
     pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
     assert chunks.counts == {"empty_answers": 5, "non_answers": 5}
     assert whole["segment_id"].is_unique  # repeated answers get -2, -3 across chunks too
+
+
+def test_a_finetuned_copy_costs_only_what_it_trains_and_is_freed_when_dropped(encoder):
+    import weakref
+
+    from qualcode.model.finetune import _word_embeddings, finetune_encoder
+
+    seed = read_table(SEED_SET).head(24)
+    themes = seed["theme"].str.split(";").str[0].tolist()
+    fast = {"steps": 2, "batch_size": 8, "max_seq_length": 32, "progress": False}
+    model = finetune_encoder(encoder, seed["text"].tolist(), themes, **fast)
+    # the frozen word embeddings (most of the model) are the base encoder's own tensor
+    assert _word_embeddings(model).weight is _word_embeddings(encoder).weight
+    gone = weakref.ref(model)
+    del model
+    assert gone() is None  # no reference cycle keeps a dropped copy until the next gc

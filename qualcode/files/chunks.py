@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 CHUNK_ROWS = 10_000  # rows per chunk (and per Dask partition)
-STREAM_BYTES = 32 * 2**20  # text tables larger than this are parsed as a stream
+STREAM_BYTES = 8 * 2**20  # text tables larger than this are parsed as a stream
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CHUNKED_SUFFIXES = (*TABLE_SUFFIXES, *PARQUET_SUFFIXES)
 _SAMPLE_BYTES = 1 << 20
