@@ -227,27 +227,36 @@ class MemoryStore(dict):  # type: ignore[type-arg]
 
 
 def learn_from_batch(
-    clf: ThemeClassifier, chunks: list[Scores], *, adapt: bool = True
+    clf: ThemeClassifier, chunks: Callable[[], Iterator[Scores]], *, adapt: bool = True
 ) -> ThemeClassifier:
-    """:meth:`ThemeClassifier.adapted` over a batch held as chunks of :class:`Scores`: the most
-    confident half of the whole batch, gathered from the chunks, refits the head once. Memory:
-    the kept embeddings (384 float32 per kept segment with e5-small)."""
+    """:meth:`ThemeClassifier.adapted` over a batch held as chunks of :class:`Scores`
+    (``chunks()`` yields them, one at a time, in the same order every call): the most confident
+    half of the whole batch, gathered from the chunks, refits the head once. What this holds in
+    memory: one confidence per segment, and the embeddings of the confident half (384 float32 a
+    segment with e5-small), the one part that grows with the batch."""
     from qualcode.model.classifier import ADAPT_MIN, confident, unit_length
 
-    n = sum(len(c.proba) for c in chunks)
-    if not adapt or not clf.can_adapt() or n < ADAPT_MIN:
+    if not adapt or not clf.can_adapt():
         return clf
-    chunks = [c for c in chunks if len(c.proba)]
-    if not all(c.dense is not None and unit_length(c.dense) for c in chunks):
-        return clf  # the stored training features are unit-length; these are not
-    keep = confident(np.concatenate([c.proba.max(axis=1) for c in chunks]))
-    dense, proba, start = [], [], 0
-    for c in chunks:
-        mine = keep[start : start + len(c.proba)]
-        start += len(c.proba)
-        dense.append(c.dense[mine])  # type: ignore[index]
-        proba.append(c.proba[mine])
-    return clf.refit_on(np.concatenate(dense), np.concatenate(proba))
+    confidence, unit = [], True
+    for c in chunks():
+        if len(c.proba):
+            confidence.append(c.proba.max(axis=1))
+            unit = unit and c.dense is not None and unit_length(c.dense)
+    keep = np.concatenate(confidence) if confidence else np.empty(0)
+    if len(keep) < ADAPT_MIN or not unit:
+        return clf  # too few to learn from, or not unit-length as the training features are
+    keep = confident(keep)
+
+    def kept() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start = 0
+        for c in chunks():
+            mine = keep[start : start + len(c.proba)]
+            start += len(c.proba)
+            if mine.any():
+                yield c.dense[mine], c.proba[mine]  # type: ignore[index]
+
+    return clf.refit_on(kept(), int(keep.sum()))
 
 
 def final_proba(clf: ThemeClassifier, head: ThemeClassifier, scores: Scores) -> np.ndarray:
@@ -271,7 +280,7 @@ def code_batch(
     itself (:meth:`ThemeClassifier.adapted`); ``max_flagged`` caps the share flagged for low
     confidence (see :func:`fit_to_batch`)."""
     scores = clf.scores(texts)
-    proba = final_proba(clf, learn_from_batch(clf, [scores], adapt=adapt), scores)
+    proba = final_proba(clf, learn_from_batch(clf, lambda: iter([scores]), adapt=adapt), scores)
     order, top, margin = ranked(proba)
     rule = fit_to_batch(rule, top, evidence=evidence, max_flagged=max_flagged)
     flags, reasons = rule.flag(top, margin, scores.similarity)
@@ -359,17 +368,21 @@ def code_chunks(
     clf = copy.copy(clf)
     clf.progress = progress
     n_chunks = _score_chunks(clf, chunks, store, scorer)
-    parts = [Scores.from_arrays(store.load(i)) for i in range(n_chunks)]
-    if not sum(len(p.proba) for p in parts):
+
+    def parts() -> Iterator[Scores]:
+        for i in range(n_chunks):
+            yield Scores.from_arrays(store.load(i))
+
+    head = learn_from_batch(clf, parts, adapt=adapt)
+    top = np.concatenate([ranked(final_proba(clf, head, p))[1] for p in parts()])
+    if not len(top):
         raise QualcodeError(
             "every segment is marked as a non-answer (column non_answer): nothing to classify"
         )
-    head = learn_from_batch(clf, parts, adapt=adapt)
-    top = np.concatenate([ranked(final_proba(clf, head, p))[1] for p in parts])
     rule = fit_to_batch(
         rule or model.review_rule, top, evidence=model.review_evidence, max_flagged=max_flagged
     )
-    del parts, top
+    del top
     light = []
     for index, segments in enumerate(chunks()):
         scores = Scores.from_arrays(store.load(index))
@@ -460,7 +473,9 @@ def _coded_rows(
         "needs_review": spread(flags, False),
         "review_reason": spread(reasons, NON_ANSWER_REASON),
         "themes": spread(theme_lists(proba, order, classes, model, clf.multi_label), ""),
-        "similarity": spread(np.round(scores.similarity, DECIMALS), nan),
+        # float64 before rounding: a float32 0.8937 would be written 0.8937000036239624 in a
+        # column that also holds a non-answer's NaN, and 0.8937 in one that does not.
+        "similarity": spread(np.round(scores.similarity.astype(float), DECIMALS), nan),
     }
     assert list(columns) == list(PREDICTION_COLUMNS)
     for j, theme in enumerate(classes):

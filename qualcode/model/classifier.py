@@ -9,7 +9,7 @@ what it says.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -583,21 +583,27 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
             return self  # the stored training features are unit-length; these are not
         proba = self.proba_from_features(batch)
         keep = confident(proba.max(axis=1), share)
-        return self.refit_on(dense[keep], proba[keep])
+        return self.refit_on([(dense[keep], proba[keep])], int(keep.sum()))
 
-    def refit_on(self, dense: np.ndarray, proba: np.ndarray) -> ThemeClassifier:
-        """A copy whose embedding head is refit on the labelled segments plus these batch
-        segments (unit-length ``dense``), pseudo-labelled with their most probable theme and
-        weighted by its probability."""
-        X = np.vstack([self.train_features_, dense, self.proto_features_])
-        y = np.concatenate([self.oof_target_, proba.argmax(axis=1), self.proto_target_])
-        weights = np.concatenate(
-            [
-                np.ones(len(self.oof_target_)),
-                proba.max(axis=1),
-                np.full(len(self.proto_target_), float(self.prototype_weight)),
-            ]
-        )
+    def refit_on(self, batch: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> ThemeClassifier:
+        """A copy whose embedding head is refit on the labelled segments plus ``n`` batch
+        segments, given in parts (unit-length dense rows, their probabilities): each is
+        pseudo-labelled with its most probable theme and weighted by that probability. The
+        training matrix is filled in place, part by part (one copy of the batch rows)."""
+        n_train, n_proto = len(self.oof_target_), len(self.proto_target_)
+        X = np.empty((n_train + n + n_proto, self.train_features_.shape[1]), dtype=np.float32)
+        y = np.empty(len(X), dtype=np.int64)
+        weights = np.empty(len(X))
+        X[:n_train], y[:n_train], weights[:n_train] = self.train_features_, self.oof_target_, 1.0
+        row = n_train
+        for dense, proba in batch:
+            rows = slice(row, row + len(dense))
+            X[rows], y[rows], weights[rows] = dense, proba.argmax(axis=1), proba.max(axis=1)
+            row += len(dense)
+        if row != n_train + n:
+            raise ValueError(f"refit_on: {row - n_train} batch rows given, {n} announced")
+        X[row:], y[row:] = self.proto_features_, self.proto_target_
+        weights[row:] = float(self.prototype_weight)
         clone = copy.copy(self)
         clone.head_ = self._head(self.C_).fit(X, y, sample_weight=weights)
         return clone
