@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from qualcode.model.classifier import Scores, ThemeClassifier
     from qualcode.model.storage import ThemeModel
 
-TABLE_SUFFIXES = {".csv", ".tsv", ".xlsx"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".xlsx", ".parquet", ".pq"}  # segments tables (.txt: notes)
 
 
 def read_inputs(
@@ -74,7 +74,7 @@ def input_chunks(
     a segments table (CSV, XLSX, Parquet) is read a chunk at a time; documents (and survey
     exports with ``column``) are segmented whole, then cut. Every chunk has the columns of all
     inputs, in order of appearance (empty where a file has none)."""
-    from qualcode.files.chunks import CHUNK_ROWS, CHUNKED_SUFFIXES, aligned, iter_table
+    from qualcode.files.chunks import CHUNK_ROWS, aligned, iter_table
     from qualcode.files.tables import read_segments_table
     from qualcode.segmentation import segment_chunks
 
@@ -83,7 +83,7 @@ def input_chunks(
     size = rows or CHUNK_ROWS
 
     def tables(path: Path) -> Iterator[pd.DataFrame]:
-        if path.suffix.lower() in CHUNKED_SUFFIXES and column is None:
+        if path.suffix.lower() in TABLE_SUFFIXES and column is None:
             yield from iter_table(
                 path, required=["text"], what="segments file", rows=size, read=read_segments_table
             )

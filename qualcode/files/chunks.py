@@ -27,7 +27,6 @@ from qualcode.errors import QualcodeError
 from qualcode.files.tables import (
     _UTF8_BOM,
     MAX_TEXT_BYTES,
-    TABLE_SUFFIXES,
     TEXT_TABLE_SUFFIXES,
     _build_frame,
     _match_required,
@@ -46,7 +45,6 @@ from qualcode.files.tables import (
 __all__ = [
     "CHUNK_ROWS",
     "PARQUET_SUFFIXES",
-    "CHUNKED_SUFFIXES",
     "RunFolder",
     "TableWriter",
     "aligned",
@@ -56,7 +54,6 @@ __all__ = [
 CHUNK_ROWS = 10_000  # rows per chunk (and per Dask partition)
 STREAM_BYTES = 8 * 2**20  # text tables larger than this are parsed as a stream
 PARQUET_SUFFIXES = (".parquet", ".pq")
-CHUNKED_SUFFIXES = (*TABLE_SUFFIXES, *PARQUET_SUFFIXES)
 _SAMPLE_BYTES = 1 << 20
 
 
