@@ -120,6 +120,7 @@ def test_parquet_and_xlsx_inputs_are_read_in_chunks(
     assert out.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.slow  # three runs in subprocesses
 def test_a_killed_run_leaves_no_output_and_resumes(model_dir, segments, whole, tmp_path):
     out = tmp_path / "predictions.csv"
     args = ("classify", model_dir, segments, "-o", out, "--chunk-size", 40, "-q")
@@ -153,7 +154,7 @@ def test_dask_local_cluster_gives_every_cell_of_the_single_process_run(
     assert out.read_bytes() == single_cold.read_bytes()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a LocalCluster in a subprocess, a worker restarted
 def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
     model_dir, segments, single_cold, tmp_path
 ):
@@ -168,7 +169,6 @@ def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
     assert out.read_bytes() == single_cold.read_bytes()
 
 
-@pytest.mark.slow
 def test_a_model_a_worker_cannot_read_is_one_clear_error(model_dir, segments, tmp_path):
     from qualcode.classification import classify_files
     from qualcode.model.storage import load_model
