@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/qualcode-scale"))
     parser.add_argument("--model", type=Path, help="model folder (classify)")
     parser.add_argument("--dask", default=None, help="--dask address for classify")
+    parser.add_argument("--chunk-size", type=int, default=None, help="--chunk-size for classify")
     parser.add_argument("--finetune", action="store_true", help="train --finetune")
     parser.add_argument("--labels", type=Path, default=CORPORA / "labels" / "seed_set.csv")
     args = parser.parse_args(argv)
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
             command = qualcode("classify", args.model, data["segments"], "-o", out, "-q")
             if args.dask:
                 command += ["--dask", args.dask]
-            record.update(model=str(args.model), dask=args.dask)
+            if args.chunk_size:
+                command += ["--chunk-size", str(args.chunk_size)]
+            record.update(model=str(args.model), dask=args.dask, chunk_size=args.chunk_size)
         else:
             out = args.out / ("model-finetuned" if args.finetune else "model")
             command = qualcode(
