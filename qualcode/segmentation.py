@@ -23,14 +23,15 @@ count them (``non_answers``) and the empty answers left out (``empty_answers``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -40,7 +41,6 @@ from qualcode.files.tables import (
     check_file,
     check_text_lengths,
     check_zip_container,
-    read_table,
     read_text,
     spreadsheet_rows,
 )
@@ -60,7 +60,7 @@ __all__ = [
 SEGMENT_COLUMNS = ["segment_id", "document", "section", "line_start", "line_end", "text"]
 UNITS = ("paragraph", "sentence")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-SURVEY_SUFFIXES = (".csv", ".tsv", ".xlsx")
+SURVEY_SUFFIXES = (".csv", ".tsv", ".xlsx", ".parquet")
 SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, ".docx", *SURVEY_SUFFIXES)
 
 SECTION_SEPARATOR = " › "
@@ -497,8 +497,15 @@ def segment_id(document: str, section: str, text: str) -> str:
     return f"{_slug(document)}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}"
 
 
-def _frame(rows: list[dict[str, object]], document: str) -> pd.DataFrame:
-    counts: dict[str, int] = {}
+def _frame(
+    rows: list[dict[str, object]],
+    document: str,
+    counts: dict[str, int] | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """The segments table of ``rows``; ``counts`` of the ids given so far in this document
+    carry over between the chunks of one document; ``columns`` are those of an empty chunk."""
+    counts = {} if counts is None else counts
     for row in rows:
         base = segment_id(document, str(row["section"]), str(row["text"]))
         counts[base] = counts.get(base, 0) + 1
@@ -506,7 +513,7 @@ def _frame(rows: list[dict[str, object]], document: str) -> pd.DataFrame:
         row["document"] = document
     frame = pd.DataFrame(rows)
     if frame.empty:
-        frame = pd.DataFrame(columns=SEGMENT_COLUMNS)
+        frame = pd.DataFrame(columns=columns or SEGMENT_COLUMNS)
     extra = [c for c in frame.columns if c not in SEGMENT_COLUMNS]
     frame = frame[SEGMENT_COLUMNS + extra]
     types: dict[str, object] = {c: str for c in frame.columns}
@@ -721,53 +728,67 @@ def _free_name(name: str, taken: set[str]) -> str:
     return name
 
 
-def _survey_rows(path: Path, column: str | None, unit: str) -> tuple[list[dict[str, object]], int]:
-    """The segments of a survey export, and how many answers were empty."""
+def _survey_chunks(
+    path: Path, column: str | None, unit: str, rows: int, counts: dict[str, int]
+) -> Iterator[pd.DataFrame]:
+    """The segments of a survey export, a chunk of answers at a time; ``attrs["empty_answers"]``
+    counts the empty answers of each chunk."""
+    from qualcode.files.chunks import iter_table
+
     if column is None:
-        frame = read_table(path, what="survey export")
+        frame = next(iter_table(path, what="survey export"))
         raise QualcodeError(
             f"{path.name!r} is a table: pass --column NAME to say which column holds the "
             f"answers (columns: {', '.join(repr(c) for c in frame.columns)})."
         )
-    frame = read_table(path, required=[column], what="survey export")
-    section = frame.attrs.get("original_names", {}).get(column, column)
-    taken = {*SEGMENT_COLUMNS, NON_ANSWER}
-    meta = {}
-    for name in frame.columns:
-        if name != column:
-            meta[name] = _free_name(name, taken)
-            taken.add(meta[name])
-    rows: list[dict[str, object]] = []
-    empty = 0
-    for row_no, record in zip(spreadsheet_rows(frame), frame.to_dict("records"), strict=True):
-        answer = _normalise(str(record[column]))
-        if not answer:
-            empty += 1
-            continue
-        whole = is_non_answer(answer)
-        pieces = split_sentences(answer) if unit == "sentence" and not whole else [(0, len(answer))]
-        for start, end in pieces:
-            text = _normalise(answer[start:end])
-            if whole or _has_letters(text):
-                row: dict[str, object] = {
-                    "section": section,
-                    "line_start": row_no,
-                    "line_end": row_no,
-                    "text": text,
-                }
-                row.update({meta[k]: v for k, v in record.items() if k != column})
-                row[NON_ANSWER] = "true" if whole else "false"
-                rows.append(row)
-    return rows, empty
+    for frame in iter_table(path, required=[column], what="survey export", rows=rows):
+        section = frame.attrs.get("original_names", {}).get(column, column)
+        taken = {*SEGMENT_COLUMNS, NON_ANSWER}
+        meta = {}
+        for name in frame.columns:
+            if name != column:
+                meta[name] = _free_name(name, taken)
+                taken.add(meta[name])
+        out: list[dict[str, object]] = []
+        empty = 0
+        for row_no, record in zip(spreadsheet_rows(frame), frame.to_dict("records"), strict=True):
+            answer = _normalise(str(record[column]))
+            if not answer:
+                empty += 1
+                continue
+            whole = is_non_answer(answer)
+            pieces = (
+                split_sentences(answer) if unit == "sentence" and not whole else [(0, len(answer))]
+            )
+            for start, end in pieces:
+                text = _normalise(answer[start:end])
+                if whole or _has_letters(text):
+                    row: dict[str, object] = {
+                        "section": section,
+                        "line_start": row_no,
+                        "line_end": row_no,
+                        "text": text,
+                    }
+                    row.update({meta[k]: v for k, v in record.items() if k != column})
+                    row[NON_ANSWER] = "true" if whole else "false"
+                    out.append(row)
+        names = [*SEGMENT_COLUMNS, *meta.values(), NON_ANSWER]
+        chunk = _frame(out, path.name, counts, columns=names)
+        chunk.attrs["empty_answers"] = empty
+        yield chunk
 
 
-def _segment_file(path: Path, unit: str, column: str | None) -> pd.DataFrame:
+def _segment_file(path: Path, unit: str, column: str | None, rows: int) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     if suffix in SURVEY_SUFFIXES:
-        rows, empty = _survey_rows(path, column, unit)
-        frame = _frame(rows, path.name)
-        frame.attrs["empty_answers"] = empty
-        return frame
+        counts: dict[str, int] = {}  # ids so far, across the chunks of this export
+        yield from _survey_chunks(path, column, unit, rows, counts)
+        return
+    yield _segment_document(path, unit)
+
+
+def _segment_document(path: Path, unit: str) -> pd.DataFrame:
+    suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         text = read_text(path, what="document")
         if not text.strip():
@@ -804,12 +825,32 @@ def segment(
     sentences. ``column`` names the answer column of survey exports and is ignored for
     documents. See :func:`segment_text` for how ``segment_id`` is built.
     """
+    chunks = segment_chunks(paths, unit=unit, column=column, rows=2**62)
+    frames = list(chunks())
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    out.attrs.update(chunks.counts)  # type: ignore[attr-defined]
+    return out
+
+
+def segment_chunks(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    unit: str = "paragraph",
+    column: str | None = None,
+    rows: int | None = None,
+) -> Any:
+    """:func:`segment`, a chunk at a time: a callable that yields the segments of ``paths`` in
+    chunks (a survey export's answers ``rows`` at a time, a document whole), each with the
+    columns of all inputs. After a full pass its ``counts`` hold ``empty_answers`` and
+    ``non_answers``; the checks of :func:`segment` (no segments, a segment too long, an id in
+    two inputs) are made as the chunks go by."""
+    from qualcode.files.chunks import CHUNK_ROWS, aligned
+
     _check_unit(unit)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise QualcodeError("no input files given; pass at least one document or survey file.")
-    frames = []
     seen: dict[str, Path] = {}
     for raw in paths:
         path = Path(raw)
@@ -823,27 +864,44 @@ def segment(
                 "identifies a document, so rename one of them."
             )
         seen[path.name] = path
-        frames.append(_segment_file(path, unit, column))
-    empty = sum(frame.attrs.get("empty_answers", 0) for frame in frames)
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if out.empty:
-        names = ", ".join(repr(Path(p).name) for p in paths)
-        raise QualcodeError(
-            f"no text segments found in {names}; check that the files "
-            "contain text (not only headings or empty answers)."
-        )
-    places = [f"{d} line {n}" for d, n in zip(out["document"], out["line_start"])]
-    check_text_lengths(out["text"], "segments", places)
-    extra = [c for c in out.columns if c not in SEGMENT_COLUMNS]
-    if extra:
-        out[extra] = out[extra].fillna("")
-    duplicated = out["segment_id"][out["segment_id"].duplicated()]
-    if not duplicated.empty:
-        raise QualcodeError(
-            f"segment id {duplicated.iloc[0]!r} occurs in more than one input; each input "
-            "must be a different document (remove duplicated files)."
-        )
-    out = out.reset_index(drop=True)
-    out.attrs["empty_answers"] = empty
-    out.attrs["non_answers"] = int(non_answers(out).sum())
-    return out
+    size = rows or CHUNK_ROWS
+    files = aligned([functools.partial(_segment_file, Path(p), unit, column, size) for p in paths])
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        counts = {"empty_answers": 0, "non_answers": 0}
+        total = 0
+        seen: set[int] = set()  # id hashes, to find one id in two inputs
+        for chunk in files():
+            counts["empty_answers"] += chunk.attrs.get("empty_answers", 0)
+            if chunk.empty:
+                continue
+            places = [f"{d} line {n}" for d, n in zip(chunk["document"], chunk["line_start"])]
+            check_text_lengths(chunk["text"], "segments", places)
+            if len(paths) > 1 and _ids_seen(chunk["segment_id"], seen):
+                raise QualcodeError(
+                    f"segment id {chunk['segment_id'].iloc[0]!r} occurs in more than one input; "
+                    "each input must be a different document (remove duplicated files)."
+                )
+            counts["non_answers"] += int(non_answers(chunk).sum())
+            total += len(chunk)
+            chunk = chunk.reset_index(drop=True)
+            chunk.attrs = {}
+            yield chunk
+        if not total:
+            names = ", ".join(repr(Path(p).name) for p in paths)
+            raise QualcodeError(
+                f"no text segments found in {names}; check that the files "
+                "contain text (not only headings or empty answers)."
+            )
+        chunks.counts = counts  # type: ignore[attr-defined]
+
+    chunks.counts = {}  # type: ignore[attr-defined]
+    return chunks
+
+
+def _ids_seen(ids: pd.Series, seen: set[int]) -> bool:
+    """Whether a document's ids were already seen in another input (hashes kept in ``seen``)."""
+    hashes = set(pd.util.hash_pandas_object(ids, index=False).tolist())
+    clash = bool(hashes & seen)
+    seen |= hashes
+    return clash

@@ -158,7 +158,7 @@ def _crossfit(
     fine-tune ``base`` on the other fold, fit the same head there and predict this fold. The
     temperature is refit on these predictions; with fewer than 2 labels for some theme there is
     no evidence, as without fine-tuning."""
-    from qualcode.model.finetune import finetune_encoder
+    from qualcode.model.finetune import finetune_encoder, release_memory
 
     index = {c: i for i, c in enumerate(clf.classes_)}
     y = np.array([index[t] for t in themes])
@@ -189,6 +189,7 @@ def _crossfit(
         ).fit(train_texts, train_themes)
         logits[test] = head.decision_function([texts[i] for i in test])
         del head, encoder  # one fine-tuned copy in memory at a time
+        release_memory()
     clf.temperature_ = fit_temperature(logits, y)
     clf.oof_proba_ = softmax(logits / clf.temperature_)
     clf.oof_target_ = y

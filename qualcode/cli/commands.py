@@ -51,23 +51,28 @@ def cli() -> None:
 @excel_option
 @force_option
 def segment(paths, output, unit, column, excel, force) -> None:
-    """Split documents or survey exports into codable segments with provenance."""
-    from qualcode.files.tables import write_table
-    from qualcode.segmentation import segment as run_segment
+    """Split documents or survey exports into codable segments with provenance.
+
+    Survey exports are read and segments written a chunk at a time (memory stays flat)."""
+    from qualcode.files.chunks import TableWriter
+    from qualcode.segmentation import segment_chunks
 
     guarded(output, paths, force)
-    segments = run_segment(paths, unit=unit, column=column)
-    write_table(segments, output, excel=excel)
+    chunks = segment_chunks(paths, unit=unit, column=column)
+    with TableWriter(output, excel=excel) as writer:
+        for chunk in chunks():
+            writer.write(chunk)
+    counts = chunks.counts
     notes = []
-    if segments.attrs.get("empty_answers"):
-        notes.append(f"{segments.attrs['empty_answers']} empty answer(s) left out")
-    if segments.attrs.get("non_answers"):
+    if counts.get("empty_answers"):
+        notes.append(f"{counts['empty_answers']} empty answer(s) left out")
+    if counts.get("non_answers"):
         notes.append(
-            f"{segments.attrs['non_answers']} answer(s) with nothing to code (such as “vet ej”) "
+            f"{counts['non_answers']} answer(s) with nothing to code (such as “vet ej”) "
             "marked in column non_answer: counted, asked last, not coded"
         )
     said = f" ({'; '.join(notes)})" if notes else ""
-    click.echo(f"{len(segments)} segments from {len(paths)} file(s) → {output}{said}", err=True)
+    click.echo(f"{writer.rows} segments from {len(paths)} file(s) → {output}{said}", err=True)
     next_step(
         f"qualcode label {output}{codebook_flag(near=[output])} -o labels.csv",
         f"qualcode classify MODEL_DIR {output} -o predictions.csv",
@@ -127,6 +132,24 @@ def train(labels, codebook, output, settings, quiet):
     help="Learn from the batch before coding it (self-training on its confident predictions).",
 )
 @click.option("--multi-label", is_flag=True, help="Require a multi-label model.")
+@click.option(
+    "--dask",
+    default=None,
+    metavar="ADDRESS",
+    help="Score the chunks on a Dask cluster: a scheduler (tcp://host:8786) or local:N for N "
+    "worker processes on this machine.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run from the chunks it had done (same inputs, model and chunk size).",
+)
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="Segments per chunk (and per Dask task); default 10000.",
+)
 @excel_option
 @force_option
 @quiet_option
@@ -142,13 +165,18 @@ def classify(
     min_margin,
     adapt,
     multi_label,
+    dask,
+    resume,
+    chunk_size,
     excel,
     force,
     quiet,
 ):
-    """Classify segments (a segments CSV or documents) with a trained model."""
-    from qualcode.classification import classify as run_classify
-    from qualcode.classification import read_inputs, review_summary, summarize, write_predictions
+    """Classify segments (a segments table or documents) with a trained model.
+
+    Tables (CSV, XLSX, Parquet) are read and the output written chunk by chunk, so memory
+    stays flat whatever the input's size."""
+    from qualcode.classification import classify_files, review_summary, summarize
     from qualcode.codebook import load_codebook
     from qualcode.model.storage import load_model
 
@@ -157,17 +185,23 @@ def classify(
     rule = model.rule_for(target_accuracy) if target_accuracy else model.review_rule
     if min_margin is not None:
         rule = dataclasses.replace(rule, min_margin=min_margin)
-    segments = read_inputs(inputs, column=column, unit=unit)
-    predictions = run_classify(
+    predictions = classify_files(
+        model_dir,
         model,
-        segments,
+        inputs,
+        output,
+        column=column,
+        unit=unit,
         rule=rule,
         multi_label=multi_label,
         adapt=adapt,
         max_flagged=max_flagged,
+        excel=excel,
+        resume=resume,
+        chunk_rows=chunk_size,
+        dask=dask,
         progress=not quiet,
     )
-    write_predictions(predictions, output, excel=excel)
     _echo_table(summarize(predictions, model), quiet)
     click.echo(review_summary(predictions), err=True)
     click.echo(f"{len(predictions)} segments classified → {output}", err=True)

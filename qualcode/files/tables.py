@@ -32,10 +32,12 @@ __all__ = [
     "TEXT_TABLE_SUFFIXES",
     "TABLE_SUFFIXES",
     "append_row_durably",
+    "atomic_output",
     "atomic_write_bytes",
     "atomic_write_text",
     "backup_file",
     "check_file",
+    "csv_bytes",
     "file_sha256",
     "guard_output",
     "holds_labels",
@@ -319,6 +321,11 @@ def check_zip_container(path: Path, what: str) -> None:
 
 
 def _read_xlsx(path: Path, what: str) -> list[list[str]]:
+    return list(xlsx_records(path, what))
+
+
+def xlsx_records(path: Path, what: str) -> Iterator[list[str]]:
+    """The rows of an .xlsx workbook's first sheet as lists of ``str``, read as a stream."""
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
@@ -343,7 +350,6 @@ def _read_xlsx(path: Path, what: str) -> list[list[str]]:
     try:
         sheet = workbook.worksheets[0]
         sheet.reset_dimensions()  # a forged "A1:XFD1048576" would pad every row to 16,384 cells
-        records: list[list[str]] = []
         blank = 0
         for row in sheet.iter_rows(min_row=1, values_only=True):
             cells = [_cell_to_str(v) for v in row[:MAX_COLUMNS]]
@@ -352,17 +358,23 @@ def _read_xlsx(path: Path, what: str) -> list[list[str]]:
                 if blank > MAX_BLANK_ROWS:
                     break  # the rest of the sheet is empty (or a million empty rows)
                 continue
-            records.extend([[] for _ in range(blank)])
+            yield from ([] for _ in range(blank))
             blank = 0
-            records.append(cells)
-        return records
+            yield cells
     finally:
         workbook.close()
 
 
 def _build_frame(
-    records: list[list[str]], path: Path, what: str, required: Sequence[str]
+    records: list[list[str]],
+    path: Path,
+    what: str,
+    required: Sequence[str],
+    *,
+    row_offset: int = 0,
 ) -> pd.DataFrame:
+    """The table of ``records`` (header first); ``row_offset`` rows of the file come between
+    the header and the first of these records (a later chunk of a table read in chunks)."""
     first = next((i for i, r in enumerate(records) if any(c.strip() for c in r)), None)
     if first is None:
         raise QualcodeError(
@@ -371,6 +383,7 @@ def _build_frame(
         )
     header_row = first + 1  # 1-based spreadsheet row of the header
     header = [_clean_header(h) for h in records[first]]
+    first_row = header_row + 1 + row_offset  # 1-based row of the first record of the body
     body = records[first + 1 :]
     while body and not any(c.strip() for c in body[-1]):
         body.pop()
@@ -380,7 +393,7 @@ def _build_frame(
         if len(record) > width:
             if any(c.strip() for c in record[width:]):
                 raise QualcodeError(
-                    f"{what} {path.name!r}: row {header_row + 1 + offset} has {len(record)} "
+                    f"{what} {path.name!r}: row {first_row + offset} has {len(record)} "
                     f"cells but the header has {width} columns; quote cells that contain the "
                     "delimiter or fix the header."
                 )
@@ -431,7 +444,7 @@ def _build_frame(
         for name, cell in zip(header, row):
             if cell.strip() in EXCEL_ERRORS:
                 raise QualcodeError(
-                    f"{what} {path.name!r}: row {header_row + 1 + offset}, column {name!r} reads "
+                    f"{what} {path.name!r}: row {first_row + offset}, column {name!r} reads "
                     f"{cell.strip()}: Excel evaluated a formula there and the value is lost. "
                     "Type the value itself (a text starting with '=' or '-': put ' first), save "
                     "and try again."
@@ -526,7 +539,12 @@ def remove_stale_leftovers(path: Path, pattern: str = ".{name}.*.tmp") -> None:
         pass
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside ``path``, renamed to ``path`` when the block
+    ends without error (after an fsync) and removed when it fails: a killed writer leaves the
+    old file or the new one, never part of it."""
+    path = Path(path)
     remove_stale_leftovers(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -537,7 +555,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         crash_point("before-rename")
@@ -549,6 +567,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    with atomic_output(path) as handle:
+        write(handle)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -666,13 +689,20 @@ def table_bytes(df: pd.DataFrame, *, excel: bool = False, xlsx: bool = False) ->
     """The bytes :func:`write_table` writes for ``df``."""
     if xlsx:
         return xlsx_bytes({"Blad1": df})
+    return csv_bytes(df, excel=excel)
+
+
+def csv_bytes(df: pd.DataFrame, *, excel: bool = False, header: bool = True) -> bytes:
+    """``df`` as :func:`write_table` writes a CSV; without ``header``, the rows alone (the next
+    chunk of a table written as it is produced)."""
     text = _csv_frame(df).to_csv(
         index=False,
+        header=header,
         sep=";" if excel else ",",
         decimal="," if excel else ".",
         lineterminator="\n",
     )
-    return text.encode("utf-8-sig" if excel else "utf-8")
+    return text.encode("utf-8-sig" if excel and header else "utf-8")
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, excel: bool = False) -> None:

@@ -9,7 +9,7 @@ what it says.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,43 @@ class Features:
 
     def __len__(self) -> int:
         return self.dense.shape[0]
+
+
+@dataclass
+class Scores:
+    """What coding a batch needs of each of its segments, computed chunk by chunk:
+    ``proba`` (calibrated, before learning from the batch), ``similarity`` to the labelled
+    segments, the unit-length embeddings ``dense`` (float32, only when the head can learn from
+    the batch) and the lexical head's log-probabilities ``lexical`` (None without one)."""
+
+    proba: np.ndarray
+    similarity: np.ndarray
+    dense: np.ndarray | None = None
+    lexical: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray | None]:
+        return {
+            "proba": self.proba,
+            "similarity": self.similarity,
+            "dense": self.dense,
+            "lexical": self.lexical,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Scores:
+        return cls(
+            arrays["proba"], arrays["similarity"], arrays.get("dense"), arrays.get("lexical")
+        )
+
+
+def unit_length(dense: np.ndarray) -> bool:
+    """Whether every row is unit-length (as the stored training features are)."""
+    return bool(np.allclose(np.linalg.norm(dense, axis=1), 1, atol=1e-3))
+
+
+def confident(confidence: np.ndarray, share: float = ADAPT_SHARE) -> np.ndarray:
+    """The most confident ``share`` of a batch (ties at the cut included): its pseudo-labels."""
+    return confidence >= np.quantile(confidence, 1 - share)
 
 
 def prototype_texts(codebook: Codebook) -> tuple[list[str], list[str]]:
@@ -471,14 +508,23 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         return self._logits(self._featurize(X))
 
     def _logits(self, features: Features) -> np.ndarray:
-        n_classes = len(self.classes_)
+        return self._logits_from(features.dense, self._lexical_logp(features))
+
+    def _lexical_logp(self, features: Features) -> np.ndarray | None:
+        """The lexical head's log-probabilities (None without a lexical head)."""
+        if self.multi_label or getattr(self, "lexical_head_", None) is None:
+            return None
+        return log_softmax(
+            self._full_logits(self.lexical_head_, features.lexical, len(self.classes_))
+        )
+
+    def _logits_from(self, dense: Any, lexical: np.ndarray | None) -> np.ndarray:
         if self.multi_label:  # one-vs-rest: the log-odds of each theme
-            return _log_odds(self._ovr_proba(self.heads_, features.dense))
-        head = self._full_logits(self.head_, features.dense, n_classes)
-        mixed = self._mix(head, self._prior(features.dense), self.prior_weight_)
-        if getattr(self, "lexical_head_", None) is None:
+            return _log_odds(self._ovr_proba(self.heads_, dense))
+        head = self._full_logits(self.head_, dense, len(self.classes_))
+        mixed = self._mix(head, self._prior(dense), self.prior_weight_)
+        if lexical is None:
             return mixed
-        lexical = log_softmax(self._full_logits(self.lexical_head_, features.lexical, n_classes))
         return self._mix_lexical(mixed, lexical, self.lexical_weight_)
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
@@ -488,9 +534,14 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
 
     def proba_from_features(self, features: Features) -> np.ndarray:
         """Like :meth:`predict_proba`, from features already computed by :meth:`transform`."""
+        return self.proba_from_parts(features.dense, self._lexical_logp(features))
+
+    def proba_from_parts(self, dense: Any, lexical: np.ndarray | None) -> np.ndarray:
+        """Calibrated probabilities from the dense features and the lexical head's
+        log-probabilities (the parts :class:`Scores` keeps)."""
         if self.multi_label:
-            return self._calibrated(self._logits(features))
-        return softmax(self._logits(features) / self.temperature_)
+            return self._calibrated(self._logits_from(dense, lexical))
+        return softmax(self._logits_from(dense, lexical) / self.temperature_)
 
     def _calibrated(self, log_odds: np.ndarray) -> np.ndarray:
         return _sigmoid(log_odds / self.temperature_ + getattr(self, "calibration_bias_", 0.0))
@@ -499,34 +550,60 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
 
+    def can_adapt(self) -> bool:
+        """Whether this head can learn from a batch (:meth:`adapted`): single-label, on
+        sentence embeddings, with the codebook's prototypes at hand."""
+        check_is_fitted(self)
+        return (
+            not self.multi_label
+            and self.encoder != TFIDF
+            and getattr(self, "proto_features_", None) is not None
+        )
+
+    def scores(self, texts: Sequence[str]) -> Scores:
+        """What coding ``texts`` as part of a batch needs of each of them (:class:`Scores`):
+        the expensive part of classifying, done chunk by chunk or on a cluster's workers."""
+        features = self.transform(texts)
+        dense = None
+        if self.can_adapt():
+            dense = np.asarray(self._dense(features.dense), dtype=np.float32)
+        lexical = self._lexical_logp(features)
+        proba = self.proba_from_parts(features.dense, lexical)
+        return Scores(proba, self.similarity_to_training(features), dense, lexical)
+
     def adapted(self, batch: Features, share: float = ADAPT_SHARE) -> ThemeClassifier:
         """A copy that has learnt from the batch it is about to code: the most confident
         ``share`` of its predictions join the labelled segments as pseudo-labels (weighted by
         confidence) and the embedding head is refit once, with the same C, prior, lexical head
         and temperature. Multi-label, tf-idf and small batches are returned unchanged."""
-        check_is_fitted(self)
-        if (
-            self.multi_label
-            or self.encoder == TFIDF
-            or len(batch) < ADAPT_MIN
-            or getattr(self, "proto_features_", None) is None
-        ):
+        if not self.can_adapt() or len(batch) < ADAPT_MIN:
             return self
         dense = np.asarray(self._dense(batch.dense), dtype=np.float32)
-        if not np.allclose(np.linalg.norm(dense, axis=1), 1, atol=1e-3):
+        if not unit_length(dense):
             return self  # the stored training features are unit-length; these are not
         proba = self.proba_from_features(batch)
-        confidence = proba.max(axis=1)
-        keep = confidence >= np.quantile(confidence, 1 - share)
-        X = np.vstack([self.train_features_, dense[keep], self.proto_features_])
-        y = np.concatenate([self.oof_target_, proba.argmax(axis=1)[keep], self.proto_target_])
-        weights = np.concatenate(
-            [
-                np.ones(len(self.oof_target_)),
-                confidence[keep],
-                np.full(len(self.proto_target_), float(self.prototype_weight)),
-            ]
-        )
+        keep = confident(proba.max(axis=1), share)
+        return self.refit_on([(dense[keep], proba[keep])], int(keep.sum()))
+
+    def refit_on(self, batch: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> ThemeClassifier:
+        """A copy whose embedding head is refit on the labelled segments plus ``n`` batch
+        segments, given in parts (unit-length dense rows, their probabilities): each is
+        pseudo-labelled with its most probable theme and weighted by that probability. The
+        training matrix is filled in place, part by part (one copy of the batch rows)."""
+        n_train, n_proto = len(self.oof_target_), len(self.proto_target_)
+        X = np.empty((n_train + n + n_proto, self.train_features_.shape[1]), dtype=np.float32)
+        y = np.empty(len(X), dtype=np.int64)
+        weights = np.empty(len(X))
+        X[:n_train], y[:n_train], weights[:n_train] = self.train_features_, self.oof_target_, 1.0
+        row = n_train
+        for dense, proba in batch:
+            rows = slice(row, row + len(dense))
+            X[rows], y[rows], weights[rows] = dense, proba.argmax(axis=1), proba.max(axis=1)
+            row += len(dense)
+        if row != n_train + n:
+            raise ValueError(f"refit_on: {row - n_train} batch rows given, {n} announced")
+        X[row:], y[row:] = self.proto_features_, self.proto_target_
+        weights[row:] = float(self.prototype_weight)
         clone = copy.copy(self)
         clone.head_ = self._head(self.C_).fit(X, y, sample_weight=weights)
         return clone

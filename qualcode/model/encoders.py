@@ -534,7 +534,9 @@ def encoder_identity(model: SentenceTransformer) -> str:
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        data = tensor.detach().cpu().contiguous().numpy()
+        # the buffer itself, not a bytes copy (the word embeddings alone are 384 MB)
+        h.update(memoryview(data.reshape(-1)).cast("B") if data.size else b"")
     h.update(json.dumps([model.prompts, model.default_prompt_name, model.max_seq_length]).encode())
     name = _NAMES.get(model) or type(model).__name__
     identity = f"{name}@{h.hexdigest()[:16]}"
@@ -634,7 +636,10 @@ _CACHES: dict[Path, EmbeddingCache] = {}
 
 
 def default_cache() -> EmbeddingCache:
-    path = qualcode_home() / "embeddings.sqlite"
+    """The embedding cache of this process: ``$QUALCODE_EMBEDDING_CACHE`` (a cluster worker's
+    own file), else ``embeddings.sqlite`` under :func:`qualcode_home`."""
+    env = os.environ.get("QUALCODE_EMBEDDING_CACHE")
+    path = Path(env) if env else qualcode_home() / "embeddings.sqlite"
     if path not in _CACHES:
         _CACHES[path] = EmbeddingCache(path)
     return _CACHES[path]

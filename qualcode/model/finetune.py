@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -149,10 +150,18 @@ def finetune_encoder(
     learning_rate = learning_rate or DEFAULT_LEARNING_RATE
     max_seq_length = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
 
-    model = copy.deepcopy(sentence_transformer(encoder))
+    # The frozen word embeddings (most of a multilingual model) are shared with ``encoder``,
+    # not copied: every fine-tuned copy (one per cross-fitting fold) costs only what it trains.
+    encoder = sentence_transformer(encoder)
+    frozen = _word_embeddings(encoder) if freeze_word_embeddings else None
+    model = copy.deepcopy(encoder, {id(frozen.weight): frozen.weight} if frozen else {})
     card = getattr(model, "model_card_data", None)
     if card is not None:  # saving must never look the base model up on the Hub
         card.local_files_only = True
+        if getattr(card, "model", None) is model:
+            # The card's link back to its model is a reference cycle, which only the garbage
+            # collector frees: a dropped fine-tuned copy would stay in memory until it ran.
+            card.model = weakref.proxy(model)
     prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
     class_index = {c: i for i, c in enumerate(sorted(set(themes)))}
     y = torch.tensor([class_index[t] for t in themes])
@@ -202,7 +211,22 @@ def finetune_encoder(
         model.eval()
         if word is not None:
             word.weight.requires_grad_(True)
+        optimizer = schedule = None  # Adam's state: twice the trained weights
+        release_memory()
     return model
+
+
+def release_memory() -> None:
+    """Free what fine-tuning left: unreachable cycles now, and the C heap's free pages back to
+    the system (glibc keeps them otherwise, and resident memory only grows)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _default_steps(n: int) -> int:
