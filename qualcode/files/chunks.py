@@ -34,7 +34,6 @@ from qualcode.files.tables import (
     _sniff_delimiter,
     atomic_output,
     atomic_write_bytes,
-    atomic_write_text,
     check_file,
     csv_bytes,
     read_table,
@@ -299,7 +298,7 @@ class RunFolder:
                 shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         if not stamp.is_file():
-            atomic_write_text(stamp, self.key + "\n")
+            atomic_write_bytes(stamp, (self.key + "\n").encode(), crash=None)
 
     def _file(self, index: int) -> Path:
         return self.path / f"chunk-{index:06d}.npz"
@@ -310,7 +309,7 @@ class RunFolder:
     def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: v for k, v in arrays.items() if v is not None})
-        atomic_write_bytes(self._file(index), buffer.getvalue())
+        atomic_write_bytes(self._file(index), buffer.getvalue(), crash=None)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         try:

@@ -540,10 +540,13 @@ def remove_stale_leftovers(path: Path, pattern: str = ".{name}.*.tmp") -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(
+    path: str | os.PathLike[str], *, crash: str | None = "before-rename"
+) -> Iterator[BinaryIO]:
     """A binary handle on a temporary file beside ``path``, renamed to ``path`` when the block
     ends without error (after an fsync) and removed when it fails: a killed writer leaves the
-    old file or the new one, never part of it."""
+    old file or the new one, never part of it. ``crash`` names the crash point before the
+    rename (None for a command's internal files, so the crash matrix hits its outputs)."""
     path = Path(path)
     remove_stale_leftovers(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -558,7 +561,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        crash_point("before-rename")
+        if crash:
+            crash_point(crash)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -569,14 +573,18 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     _fsync_dir(path.parent)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    with atomic_output(path) as handle:
+def _atomic_write(
+    path: Path, write: Callable[[BinaryIO], None], crash: str | None = "before-rename"
+) -> None:
+    with atomic_output(path, crash=crash) as handle:
         write(handle)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, crash: str | None = "before-rename"
+) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+    _atomic_write(Path(path), lambda handle: handle.write(data), crash)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
