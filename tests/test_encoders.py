@@ -213,6 +213,7 @@ def test_a_lazy_encoder_loads_only_for_texts_the_cache_lacks(tmp_path, encoder):
     )
 
 
+@pytest.mark.slow  # two CLI subprocesses
 def test_classifying_cached_material_imports_no_sentence_transformers(tmp_path, model_dir):
     """Re-running `classify` on material embedded before needs neither the encoder nor its
     seconds of imports."""

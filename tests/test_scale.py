@@ -139,6 +139,7 @@ def test_a_killed_run_leaves_no_output_and_resumes(model_dir, segments, whole, t
     assert not run_folder.exists()
 
 
+@pytest.mark.slow  # a LocalCluster of 2 processes
 def test_dask_local_cluster_gives_every_cell_of_the_single_process_run(
     capsys, model_dir, segments, single_cold, tmp_path
 ):
@@ -169,6 +170,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
     assert out.read_bytes() == single_cold.read_bytes()
 
 
+@pytest.mark.slow  # a LocalCluster
 def test_a_model_a_worker_cannot_read_is_one_clear_error(model_dir, segments, tmp_path):
     from qualcode.classification import classify_files
     from qualcode.model.storage import load_model
@@ -221,6 +223,7 @@ def test_segment_in_chunks_equals_segment_whole(tmp_path):
     assert whole["segment_id"].is_unique  # repeated answers get -2, -3 across chunks too
 
 
+@pytest.mark.slow  # fine-tunes
 def test_a_finetuned_copy_costs_only_what_it_trains_and_is_freed_when_dropped(encoder):
     import weakref
 
