@@ -190,8 +190,9 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
     def browse(request: Request) -> HTMLResponse:
         if not workspace.predictions_path.exists():
             return _page(workspace, request, "browse.html", rows=None, themes=[], query={})
-        overview = workspace.overview()
         table = read_table(workspace.predictions_path, required=("text",))
+        book = workspace.codebook()
+        overview = workspace.overview(table, book)
         for column in ("document", "section", "theme", "needs_review"):
             if column not in table.columns:
                 table[column] = ""
@@ -204,7 +205,7 @@ def create_app(workspace: Workspace, *, port: int = 8765, extra_hosts: tuple = (
                             ("section", "section")):  # fmt: skip
             if query[key]:
                 table = table[table[column] == query[key]]
-        themes = workspace.codebook().themes
+        themes = book.themes
         return _page(workspace, request, "browse.html", rows=table.head(SHOWN), found=len(table),
                      query=query, themes=themes, choices=choices, overview=overview,
                      labels={t.id: t.label for t in themes})  # fmt: skip

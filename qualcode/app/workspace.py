@@ -241,13 +241,12 @@ class Workspace:
         write_predictions(predictions, self.predictions_path)
         return review_summary(predictions)
 
-    def overview(self) -> list[dict[str, Any]]:
-        """Per theme of predictions.csv: its label, segments, flagged, and three quotes."""
+    def overview(self, table: pd.DataFrame, book: Codebook) -> list[dict[str, Any]]:
+        """Per theme of ``table`` (predictions.csv as read): its label, segments, flagged, and
+        three quotes."""
         from qualcode.reporting.coded import theme_counts
         from qualcode.reporting.report import exemplar_quotes
 
-        book = self.codebook()
-        table = read_table(self.predictions_path, required=("text",))
         counts = theme_counts(table, book, by=None).set_index("theme")
         quotes = exemplar_quotes(table, book, n=3)
         return [
