@@ -32,10 +32,12 @@ def error_of(call, *args, **kwargs) -> str:
 
 @pytest.fixture(scope="session")
 def encoder():
-    """The bundled e5-small, converted once per checkout."""
-    from qualcode.model.encoders import load_encoder
+    """The bundled e5-small, converted once per checkout: the very model the library's
+    commands use in this process (loaded once)."""
+    from qualcode.model.classifier import get_encoder
+    from qualcode.model.encoders import sentence_transformer
 
-    return load_encoder()
+    return sentence_transformer(get_encoder(None))
 
 
 @pytest.fixture(scope="session")

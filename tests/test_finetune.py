@@ -45,7 +45,7 @@ def _state_hash(model) -> str:
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().numpy())  # hashed in place, not copied
     return h.hexdigest()
 
 
@@ -96,6 +96,7 @@ def test_word_embeddings_frozen_and_base_untouched(encoder, tuned):
     model, before = tuned
     assert model is not encoder
     assert torch.equal(_word_embeddings(model).weight, _word_embeddings(encoder).weight)
+    assert model[0].tokenizer is encoder[0].tokenizer  # shared, as the frozen embeddings
     assert _state_hash(encoder) == before  # the cached base encoder was not mutated
     assert not encoder.training and not model.training
     assert all(p.requires_grad for p in encoder.parameters())

@@ -103,7 +103,7 @@ def _client(address: str) -> tuple[Any, Any]:
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never a clash with 8787
             silence_logs=logging.ERROR,
         )
         return Client(cluster), cluster

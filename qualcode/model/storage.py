@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -231,16 +231,21 @@ def _json_default(value: Any) -> Any:
 
 
 def _versions() -> dict[str, str]:
-    import sentence_transformers
-    import sklearn
-    import torch
+    """The versions a model was trained with, from package metadata (importing torch and
+    sentence-transformers for them would cost seconds when every embedding is cached)."""
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
-        "qualcode": version("qualcode"),
+        "qualcode": installed("qualcode"),
         "python": platform.python_version(),
-        "scikit-learn": sklearn.__version__,
-        "sentence-transformers": sentence_transformers.__version__,
-        "torch": torch.__version__,
+        "scikit-learn": installed("scikit-learn"),
+        "sentence-transformers": installed("sentence-transformers"),
+        "torch": installed("torch"),
         "numpy": np.__version__,
         "pandas": pd.__version__,
     }
