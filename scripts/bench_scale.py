@@ -11,6 +11,8 @@ CLI in a subprocess and samples the resident memory (RSS) of it and of every pro
     python scripts/bench_scale.py classify --model models/samverkan --sizes 10000 --out /tmp/scale
     python scripts/bench_scale.py classify --model models/samverkan --sizes 10000 \
         --dask local:2 --out /tmp/scale
+    python scripts/bench_scale.py classify --model models/samverkan --sizes 100000,1000000 \
+        --distinct 10000 --out /tmp/scale
     python scripts/bench_scale.py train --out /tmp/scale [--finetune]
 """
 
@@ -57,16 +59,23 @@ def answers(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def write_data(n: int, folder: Path) -> dict[str, Path]:
+def write_data(n: int, folder: Path, distinct: int | None = None) -> dict[str, Path]:
     """A survey export (``Svar`` column, for ``segment --column``) and a segments table (for
-    ``classify``) of ``n`` rows, as CSV; returns their paths."""
+    ``classify``) of ``n`` rows, as CSV; returns their paths. With ``distinct``, the rows are
+    drawn from that many different answers (each row still its own respondent), so a run
+    embeds ``distinct`` texts and finds the rest in its embedding cache."""
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
-    survey = folder / f"survey_{n}.csv"
-    segments = folder / f"segments_{n}.csv"
+    tag = f"{n}" if not distinct else f"{n}_of_{distinct}"
+    survey = folder / f"survey_{tag}.csv"
+    segments = folder / f"segments_{tag}.csv"
     if not survey.exists() or not segments.exists():
-        texts = answers(n)
+        if distinct:
+            pool = np.array(answers(distinct), dtype=object)
+            texts = pool[np.random.default_rng(1).integers(0, distinct, size=n)].tolist()
+        else:
+            texts = answers(n)
         ids = [f"r{i:07d}" for i in range(n)]
         kommun = np.array(["Lund", "Malmö", "Ystad", "Kristianstad", "Helsingborg"])[
             np.arange(n) % 5
@@ -140,27 +149,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dask", default=None, help="--dask address for classify")
     parser.add_argument("--chunk-size", type=int, default=None, help="--chunk-size for classify")
     parser.add_argument("--finetune", action="store_true", help="train --finetune")
+    parser.add_argument(
+        "--distinct", type=int, default=None, help="rows drawn from this many different answers"
+    )
     parser.add_argument("--labels", type=Path, default=CORPORA / "labels" / "seed_set.csv")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     for n in sizes if args.what != "train" else [0]:
         record: dict = {"what": args.what, "segments": n}
         if args.what == "data":
-            write_data(n, args.out)
+            write_data(n, args.out, args.distinct)
             continue
         if args.what == "segment":
-            data = write_data(n, args.out)
+            data = write_data(n, args.out, args.distinct)
             out = args.out / f"segmented_{n}.csv"
             command = qualcode("segment", data["survey"], "--column", "Svar", "-o", out)
         elif args.what == "classify":
-            data = write_data(n, args.out)
+            data = write_data(n, args.out, args.distinct)
             out = args.out / f"predictions_{n}.csv"
             command = qualcode("classify", args.model, data["segments"], "-o", out, "-q")
             if args.dask:
                 command += ["--dask", args.dask]
             if args.chunk_size:
                 command += ["--chunk-size", str(args.chunk_size)]
-            record.update(model=str(args.model), dask=args.dask, chunk_size=args.chunk_size)
+            record.update(
+                model=str(args.model),
+                dask=args.dask,
+                chunk_size=args.chunk_size,
+                distinct=args.distinct,
+            )
         else:
             out = args.out / ("model-finetuned" if args.finetune else "model")
             command = qualcode(

@@ -40,6 +40,8 @@ DEFAULT_LEARNING_RATE = 2e-5
 DEFAULT_MAX_SEQ_LENGTH = 128
 DEFAULT_MIN_STEPS = 20
 DEFAULT_MAX_STEPS = 200
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+CHECKPOINT_EVERY = 2  # recompute the activations of every 2nd layer (see _checkpointing)
 
 
 def contrastive_batches(
@@ -98,10 +100,26 @@ def _pair_loss(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (lp + ln) / 2
 
 
-def _word_embeddings(model: SentenceTransformer) -> torch.nn.Module | None:
+def _backbone(model: SentenceTransformer) -> torch.nn.Module | None:
     first = model[0]
-    backbone = getattr(first, "auto_model", None) or getattr(first, "model", None)
-    getter = getattr(backbone, "get_input_embeddings", None)
+    return getattr(first, "auto_model", None) or getattr(first, "model", None)
+
+
+def _checkpointing(backbone: torch.nn.Module, on: bool) -> None:
+    """Activation checkpointing on or off, under either name transformers has given it."""
+    if on:
+        enable = getattr(backbone, "activation_checkpointing_enable", None)
+        if enable is not None:  # every other layer: most of the memory for less of the time
+            enable({"use_reentrant": False}, every_n_layers=CHECKPOINT_EVERY)
+        else:
+            backbone.gradient_checkpointing_enable({"use_reentrant": False})
+    else:
+        disable = getattr(backbone, "activation_checkpointing_disable", None)
+        (disable or backbone.gradient_checkpointing_disable)()
+
+
+def _word_embeddings(model: SentenceTransformer) -> torch.nn.Module | None:
+    getter = getattr(_backbone(model), "get_input_embeddings", None)
     return getter() if getter else None
 
 
@@ -154,6 +172,7 @@ def finetune_encoder(
     # not copied: every fine-tuned copy (one per cross-fitting fold) costs only what it trains.
     # So is the tokenizer, which training never changes: copying a 250,000-word tokenizer
     # (through its JSON form) took about a second per fine-tuning.
+    large_blocks_to_the_system()
     encoder = sentence_transformer(encoder)
     shared: dict[int, object] = {}
     frozen = _word_embeddings(encoder) if freeze_word_embeddings else None
@@ -174,6 +193,12 @@ def finetune_encoder(
     class_index = {c: i for i, c in enumerate(sorted(set(themes)))}
     y = torch.tensor([class_index[t] for t in themes])
 
+    backbone = _backbone(model)
+    checkpointing = bool(getattr(backbone, "supports_gradient_checkpointing", False))
+    if checkpointing:
+        # Recompute each layer's activations in the backward pass instead of keeping them:
+        # about 600 MB less at the peak of a 16-segment step, for a slower step (BENCHMARKS.md).
+        _checkpointing(backbone, True)
     word = _word_embeddings(model) if freeze_word_embeddings else None
     if word is not None:
         word.weight.requires_grad_(False)
@@ -216,12 +241,27 @@ def finetune_encoder(
                 bar.set_postfix(loss=f"{value.item():.3f}", refresh=False)
     finally:
         model.max_seq_length = saved_length
+        if checkpointing:
+            _checkpointing(backbone, False)
         model.eval()
         if word is not None:
             word.weight.requires_grad_(True)
         optimizer = schedule = None  # Adam's state: twice the trained weights
         release_memory()
     return model
+
+
+def large_blocks_to_the_system() -> None:
+    """Have glibc serve every allocation from 128 kB up by ``mmap``, so it goes back to the
+    system when freed. By default glibc raises that threshold with each large block freed and
+    keeps later ones in its heap: the tensors of one training step stayed resident, and a
+    fine-tuning on the seed set grew from 1.3 to 2.3 GB in two steps (BENCHMARKS.md)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def release_memory() -> None:
