@@ -25,7 +25,7 @@ finds them (BERTopic's recipe, adapted to a coded batch):
    quotes are the members nearest the centroid.
 
 On SIB-200 Swedish with two of seven topics hidden from the codebook, the best-matching
-cluster of each hidden topic reaches a mean F1 of 0.64 over 5 seeds and all 21 pairs
+cluster of each hidden topic reaches a mean F1 of 0.62 over 5 seeds and all 21 pairs
 (BENCHMARKS.md).
 """
 
