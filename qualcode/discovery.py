@@ -313,8 +313,9 @@ def _centroids(x: np.ndarray, groups: np.ndarray, names: list[Any]) -> np.ndarra
 
 
 def _prototypes(reference: np.ndarray, themes: np.ndarray, ids: list[str], seed: int) -> np.ndarray:
-    """Up to PROTOTYPES unit vectors per known theme: the centroids of a k-means of its
-    labelled segments (one per PER_PROTOTYPE of them; the plain centroid when fewer)."""
+    """Up to PROTOTYPES unit vectors per known theme in ``ids`` (at least one): the centroids of
+    a k-means of its labelled segments (one per PER_PROTOTYPE of them; the plain centroid when
+    fewer)."""
     from sklearn.cluster import KMeans
 
     out = []
@@ -325,7 +326,7 @@ def _prototypes(reference: np.ndarray, themes: np.ndarray, ids: list[str], seed:
             out.append(vectors.mean(axis=0, keepdims=True))
         else:
             out.append(KMeans(k, n_init=3, random_state=seed).fit(vectors).cluster_centers_)
-    return _unit(np.vstack(out)) if out else np.empty((0, reference.shape[1]), dtype=np.float32)
+    return _unit(np.vstack(out))
 
 
 def _without(x: np.ndarray, directions: np.ndarray) -> np.ndarray:

@@ -65,6 +65,16 @@ def run_cli(capsys, *args: object) -> tuple[int, str]:
     return done.value.code or 0, captured.out + captured.err
 
 
+def cli_succeeds(*args: object) -> None:
+    """Run ``qualcode ARGS`` in this process and check it exits 0 (for fixtures, which have no
+    ``capsys``; what it prints goes to pytest's capture)."""
+    from qualcode.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+    assert done.value.code in (0, None)
+
+
 @pytest.fixture(scope="session")
 def small_labels(tmp_path_factory) -> Path:
     """Five seed-set labels per theme (a labels CSV): enough to train, quick to embed."""
@@ -84,13 +94,8 @@ def small_labels(tmp_path_factory) -> Path:
 def model_dir(small_labels, tmp_path_factory, encoder) -> Path:
     """A model `qualcode train` made from :func:`small_labels` (shared: tests must not change
     it; copy it first)."""
-    from qualcode.cli import main
-
     out = tmp_path_factory.mktemp("model") / "model"
-    with pytest.raises(SystemExit) as done:
-        main(["train", str(small_labels), "--codebook", str(CORPORA / "codebook.yaml"), "-o",
-              str(out), "-q"])  # fmt: skip
-    assert done.value.code in (0, None)
+    cli_succeeds("train", small_labels, "--codebook", CORPORA / "codebook.yaml", "-o", out, "-q")
     return out
 
 

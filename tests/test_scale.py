@@ -17,7 +17,7 @@ import pytest
 from qualcode.errors import QualcodeError
 from qualcode.files.tables import read_table, spreadsheet_rows, write_table
 
-from .conftest import CORPORA
+from .conftest import CORPORA, cli_succeeds
 from .test_cli import run
 
 CODEBOOK = str(CORPORA / "codebook.yaml")
@@ -46,12 +46,8 @@ def segments(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def whole(model_dir, segments, tmp_path_factory) -> Path:
     """The batch classified as one chunk: what every other way of running must equal."""
-    from qualcode.cli import main
-
     out = tmp_path_factory.mktemp("whole") / "predictions.csv"
-    with pytest.raises(SystemExit) as done:
-        main(["classify", str(model_dir), str(segments), "-o", str(out), "-q"])
-    assert done.value.code in (0, None)
+    cli_succeeds("classify", model_dir, segments, "-o", out, "-q")
     return out
 
 
@@ -60,16 +56,11 @@ def single_cold(model_dir, segments, tmp_path_factory) -> Path:
     """The single-process run in chunks of 30 with a cold embedding cache, as Dask workers
     with their own new caches embed them: the same texts in the same batches give the same
     floats, to the last bit."""
-    from qualcode.cli import main
-
     folder = tmp_path_factory.mktemp("single")
     out = folder / "predictions.csv"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QUALCODE_EMBEDDING_CACHE", str(folder / "cold.sqlite"))
-        with pytest.raises(SystemExit) as done:
-            main(["classify", str(model_dir), str(segments), "-o", str(out), "--chunk-size", "30",
-                  "-q"])  # fmt: skip
-    assert done.value.code in (0, None)
+        cli_succeeds("classify", model_dir, segments, "-o", out, "--chunk-size", 30, "-q")
     return out
 
 

@@ -17,7 +17,7 @@ import copy
 import math
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -168,11 +168,11 @@ def finetune_encoder(
     learning_rate = learning_rate or DEFAULT_LEARNING_RATE
     max_seq_length = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
 
+    large_blocks_to_the_system()
     # The frozen word embeddings (most of a multilingual model) are shared with ``encoder``,
     # not copied: every fine-tuned copy (one per cross-fitting fold) costs only what it trains.
     # So is the tokenizer, which training never changes: copying a 250,000-word tokenizer
     # (through its JSON form) took about a second per fine-tuning.
-    large_blocks_to_the_system()
     encoder = sentence_transformer(encoder)
     shared: dict[int, object] = {}
     frozen = _word_embeddings(encoder) if freeze_word_embeddings else None
@@ -196,8 +196,8 @@ def finetune_encoder(
     backbone = _backbone(model)
     checkpointing = bool(getattr(backbone, "supports_gradient_checkpointing", False))
     if checkpointing:
-        # Recompute each layer's activations in the backward pass instead of keeping them:
-        # about 600 MB less at the peak of a 16-segment step, for a slower step (BENCHMARKS.md).
+        # Recompute every 2nd layer's activations in the backward pass instead of keeping them:
+        # about 300 MB less at the peak of a 16-segment step, for 1.16x the time (BENCHMARKS.md).
         _checkpointing(backbone, True)
     word = _word_embeddings(model) if freeze_word_embeddings else None
     if word is not None:
@@ -256,25 +256,32 @@ def large_blocks_to_the_system() -> None:
     system when freed. By default glibc raises that threshold with each large block freed and
     keeps later ones in its heap: the tensors of one training step stayed resident, and a
     fine-tuning on the seed set grew from 1.3 to 2.3 GB in two steps (BENCHMARKS.md)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def release_memory() -> None:
     """Free what fine-tuning left: unreachable cycles now, and the C heap's free pages back to
     the system (glibc keeps them otherwise, and resident memory only grows)."""
-    import ctypes
     import gc
 
     gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (its ``mallopt`` and ``malloc_trim``), else None."""
+    import ctypes
+
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _default_steps(n: int) -> int:
