@@ -75,6 +75,19 @@ def cli_succeeds(*args: object) -> None:
     assert done.value.code in (0, None)
 
 
+def labeller_ready(segments: Path, codebook: Path, tmp: Path) -> None:
+    """Do in this process what `qualcode label` does first, embedding the segments and the
+    codebook's prototypes: a labeller started next in a terminal finds them in the test home's
+    cache, as on an analyst's second run, rather than spend seconds loading the encoder (for
+    tests about the terminal, not the embedding)."""
+    from qualcode.codebook import load_codebook
+    from qualcode.labelling import LabellingSession, read_segments
+
+    book = load_codebook(codebook)
+    with LabellingSession(read_segments(segments), book, tmp / "ready.csv", progress=False) as s:
+        s.prepare()
+
+
 @pytest.fixture(scope="session")
 def small_labels(tmp_path_factory) -> Path:
     """Five seed-set labels per theme (a labels CSV): enough to train, quick to embed."""

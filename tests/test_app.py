@@ -180,12 +180,12 @@ def test_the_app_loop_in_chromium(tmp_path):
         _fits(driver, "home")
         for job in ("train", "classify"):
             driver.find_element(By.ID, f"run-{job}").click()
-            deadline = time.time() + 300
-            while time.time() < deadline:  # the page shows the job's state as it runs
-                text = driver.find_element(By.ID, f"job-{job}").text
-                if text.startswith(("done", "failed")):
-                    break
-                time.sleep(1)
+
+            def finished(d, job=job):  # the page shows the job's state as it runs
+                text = d.find_element(By.ID, f"job-{job}").text
+                return text if text.startswith(("done", "failed")) else None
+
+            text = _wait(driver, finished, timeout=300)
             assert text.startswith("done"), (job, text, driver.page_source[-800:])
         assert (folder / "model" / "model.json").exists()
         cli = tmp_path / "cli.csv"

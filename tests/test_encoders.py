@@ -213,24 +213,25 @@ def test_a_lazy_encoder_loads_only_for_texts_the_cache_lacks(tmp_path, encoder):
     )
 
 
-@pytest.mark.slow  # two CLI subprocesses
+@pytest.mark.slow  # a CLI subprocess
 def test_classifying_cached_material_imports_no_sentence_transformers(tmp_path, model_dir):
     """Re-running `classify` on material embedded before needs neither the encoder nor its
     seconds of imports."""
     import subprocess
     import sys
 
-    model = model_dir
+    from .conftest import cli_succeeds
+
     table = tmp_path / "svar.csv"
     table.write_text("text\nVi behöver gemensamma utbildningar.\nVem samordnar?\n", "utf-8")
+    cli_succeeds("classify", model_dir, table, "-q", "-o", tmp_path / "1.csv")  # embeds them
     probe = (
         "import sys; from qualcode.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n"
         "    print('LOADED' if 'sentence_transformers' in sys.modules else 'LAZY'); raise\n"
     )
-    command = [sys.executable, "-c", probe, "classify", str(model), str(table), "-q"]
-    run = [subprocess.run([*command, "-o", str(tmp_path / f"{n}.csv")], capture_output=True,
-                          text=True) for n in (1, 2)]  # fmt: skip
-    assert all(r.returncode == 0 for r in run), run[0].stderr
-    assert run[1].stdout.strip().endswith("LAZY"), run[1].stdout
+    command = [sys.executable, "-c", probe, "classify", str(model_dir), str(table), "-q"]
+    run = subprocess.run([*command, "-o", str(tmp_path / "2.csv")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("LAZY"), run.stdout
     assert (tmp_path / "1.csv").read_bytes() == (tmp_path / "2.csv").read_bytes()

