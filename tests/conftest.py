@@ -75,17 +75,24 @@ def cli_succeeds(*args: object) -> None:
     assert done.value.code in (0, None)
 
 
-def labeller_ready(segments: Path, codebook: Path, tmp: Path) -> None:
-    """Do in this process what `qualcode label` does first, embedding the segments and the
-    codebook's prototypes: a labeller started next in a terminal finds them in the test home's
-    cache, as on an analyst's second run, rather than spend seconds loading the encoder (for
-    tests about the terminal, not the embedding)."""
+def labeller_ready(segments: Path, codebook: Path, tmp: Path, labels: Path | None = None) -> None:
+    """Do in this process what `qualcode label` (or the app's labelling page) does first,
+    embedding the segments, the codebook's prototypes and the texts of ``labels``: a labeller
+    or app started next finds them in the test home's cache, as on an analyst's second run,
+    rather than spend seconds loading the encoder (for tests about the terminal or the browser,
+    not the embedding)."""
+    import shutil
+
     from qualcode.codebook import load_codebook
     from qualcode.labelling import LabellingSession, read_segments
 
     book = load_codebook(codebook)
-    with LabellingSession(read_segments(segments), book, tmp / "ready.csv", progress=False) as s:
+    ready = tmp / "ready-labels.csv"
+    if labels is not None:
+        shutil.copy(labels, ready)
+    with LabellingSession(read_segments(segments), book, ready, progress=False) as s:
         s.prepare()
+    ready.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

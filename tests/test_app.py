@@ -23,7 +23,7 @@ from qualcode.files.labels import AUDIT_COLUMNS, audit_path
 from qualcode.files.tables import read_table, write_table
 from qualcode.labelling import LABEL_COLUMNS
 
-from .conftest import ROOT
+from .conftest import ROOT, labeller_ready
 
 QUALCODE = ROOT / ".venv" / "bin" / "qualcode"
 ARTIFACTS = ROOT / ".test-artifacts" / "app"
@@ -118,6 +118,9 @@ def test_the_app_loop_in_chromium(tmp_path):
     seed = read_table(ROOT / "corpora" / "labels" / "seed_set.csv")
     seed["labelled_at"], seed["note"] = "2026-11-01T10:00:00+00:00", ""
     write_table(seed[list(LABEL_COLUMNS)], folder / "labels.csv")
+    labeller_ready(
+        folder / "segments.csv", folder / "codebook.yaml", tmp_path, folder / "labels.csv"
+    )
     port = 8800 + os.getpid() % 150
     process, url = _start(folder, port)
     base = f"http://127.0.0.1:{port}"
