@@ -138,8 +138,8 @@ def test_the_app_loop_in_chromium(tmp_path):
 
         driver.get(url)
         driver.get(f"{base}/coder?name=anna")
-        for n in range(20):
-            if n == 12:  # the power goes mid-session; everything answered is on disk
+        for n in range(14):
+            if n == 9:  # the power goes mid-session; everything answered is on disk
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 process, url = _start(folder, port)
