@@ -53,26 +53,28 @@ def swedish_sentences() -> list[str]:
     return [ln for ln in lines if len(ln) > 40][:100]
 
 
-def run_cli(capsys, *args: object) -> tuple[int, str]:
-    """Run ``qualcode ARGS`` in this process: (exit code, everything it printed)."""
-    import pytest
-
+def exit_code(*args: object) -> int:
+    """Run ``qualcode ARGS`` in this process (the encoder stays loaded between commands): its
+    exit code."""
     from qualcode.cli import main
 
     with pytest.raises(SystemExit) as done:
         main([str(a) for a in args])
+    return done.value.code or 0
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str]:
+    """Run ``qualcode ARGS`` in this process: (exit code, everything it printed)."""
+    code = exit_code(*args)
     captured = capsys.readouterr()
-    return done.value.code or 0, captured.out + captured.err
+    return code, captured.out + captured.err
 
 
 def cli_succeeds(*args: object) -> None:
     """Run ``qualcode ARGS`` in this process and check it exits 0 (for fixtures, which have no
     ``capsys``; what it prints goes to pytest's capture)."""
-    from qualcode.cli import main
-
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    assert done.value.code in (0, None)
+    code = exit_code(*args)
+    assert code == 0, f"qualcode {args[0]} exited with {code}"
 
 
 def labeller_ready(segments: Path, codebook: Path, tmp: Path, labels: Path | None = None) -> None:

@@ -10,20 +10,18 @@ import sys
 import pandas as pd
 import pytest
 
-from qualcode.cli import main
 from qualcode.files.tables import read_table
 
-from .conftest import CORPORA
+from .conftest import CORPORA, exit_code
 
 CODEBOOK = str(CORPORA / "codebook.yaml")
 SEED_SET = CORPORA / "labels" / "seed_set.csv"
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*map(str, args)])
+    code = exit_code(*args)
     captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

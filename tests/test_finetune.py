@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from .conftest import cli_succeeds
+
 THEMES = ("sports", "health", "travel", "politics")
 CODEBOOK_YAML = """\
 name: sib-mini
@@ -141,7 +143,6 @@ def test_contrastive_batches_are_balanced_and_reproducible():
 def test_finetuned_model_save_load_classify_round_trip(tmp_path, monkeypatch):
     """A fine-tuned model holds its encoder, writes it into the model folder without touching
     the base encoder, and, loaded again, `qualcode classify` predicts what it did in memory."""
-    from qualcode.cli import main
     from qualcode.codebook import load_codebook
     from qualcode.model import finetune
     from qualcode.model.classifier import get_encoder
@@ -169,19 +170,10 @@ def test_finetuned_model_save_load_classify_round_trip(tmp_path, monkeypatch):
     reference = model.predict_proba(texts)
     np.testing.assert_allclose(reloaded.predict_proba(texts), reference, atol=1e-5)
     new[["text"]].to_csv(tmp_path / "new.csv", index=False)
-    with pytest.raises(SystemExit) as done:
-        main(
-            [
-                "classify",
-                str(tmp_path / "model"),
-                str(tmp_path / "new.csv"),
-                "-o",
-                str(tmp_path / "p.csv"),
-                "--no-adapt",
-                "-q",
-            ]
-        )
-    assert done.value.code == 0
+    cli_succeeds(
+        "classify", tmp_path / "model", tmp_path / "new.csv", "-o", tmp_path / "p.csv",
+        "--no-adapt", "-q",
+    )  # fmt: skip
     predictions = pd.read_csv(tmp_path / "p.csv")
     columns = [f"p_{t}" for t in reloaded.classes_]
     np.testing.assert_allclose(predictions[columns].to_numpy(float), reference, atol=1e-4)

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qualcode.cli import main
 from qualcode.codebook import load_codebook
 from qualcode.files.labels import audit_path
 from qualcode.files.tables import read_table, write_table
@@ -29,7 +28,7 @@ from qualcode.labelling import LABEL_COLUMNS, read_labels_table
 from qualcode.model.storage import load_model
 from qualcode.segmentation import segment
 
-from .conftest import labeller_ready
+from .conftest import cli_succeeds, labeller_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEBOOK = ROOT / "corpora" / "codebook.yaml"
@@ -84,14 +83,6 @@ def label_in_terminal(segments: Path, output: Path, answers: list[str]) -> list[
     return asked
 
 
-def qualcode(*args: str) -> None:
-    """Run a qualcode command in-process (the encoder stays loaded between commands)."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as done:
-        assert done.code in (0, None), f"qualcode {args[0]} exited with {done.code}"
-
-
 @pytest.mark.skipif(not QUALCODE.exists(), reason="needs the installed console script")
 @pytest.mark.slow
 def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
@@ -113,15 +104,17 @@ def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
     seed = read_table(SEED_SET).assign(labelled_at="", note="")
     labels = tmp_path / "labels.csv"
     write_table(pd.concat([seed[list(LABEL_COLUMNS)], labelled], ignore_index=True), labels)
-    qualcode("train", labels, "--codebook", CODEBOOK, "-o", tmp_path / "model", "--quiet")
+    cli_succeeds("train", labels, "--codebook", CODEBOOK, "-o", tmp_path / "model", "--quiet")
 
     # 3. classify the Skåne report (its narrative part is in the seed set under other ids)
     predictions = tmp_path / "predictions.csv"
-    qualcode("classify", tmp_path / "model", tmp_path / "skane.csv", "-o", predictions, "--quiet")
+    cli_succeeds(
+        "classify", tmp_path / "model", tmp_path / "skane.csv", "-o", predictions, "--quiet"
+    )
 
     # 4. export the review, for Swedish Excel
     review = tmp_path / "review.csv"
-    qualcode(
+    cli_succeeds(
         "review",
         "--predictions",
         predictions,
@@ -195,7 +188,7 @@ def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
 
     # 7. apply to the labels the review was made from
     old_rows = read_table(labels)
-    qualcode(
+    cli_succeeds(
         "review",
         "apply",
         resolved,
@@ -220,7 +213,7 @@ def test_label_train_classify_review_apply_retrain(tmp_path, capsys):
     assert list(tmp_path.glob("labels.csv.*.bak"))
 
     # 8. retrain: the resolved segments now carry the analyst's themes
-    qualcode("train", labels, "--codebook", CODEBOOK, "-o", tmp_path / "model2", "--quiet")
+    cli_succeeds("train", labels, "--codebook", CODEBOOK, "-o", tmp_path / "model2", "--quiet")
     card = json.loads((tmp_path / "model2" / "model.json").read_text(encoding="utf-8"))
     assert card["training_data"]["segments"] == len(new_rows)
     texts = [

@@ -186,7 +186,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-@one_blas_thread()
 def fit_sigmoid_calibration(log_odds: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
     """Platt scaling shared by all themes: the temperature T and bias b minimising the log-loss
     of sigmoid(log_odds / T + b) on held-out 0/1 targets ``Y`` (every theme's yes/no counts)."""
