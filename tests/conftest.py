@@ -17,6 +17,23 @@ os.environ.setdefault("QUALCODE_HOME", str(ROOT / ".qualcode-test-home"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Workers share the cores: one thread each (torch, BLAS and the subprocesses they start)
+    # rather than every worker's threads fighting over every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+MAX_WORKERS = 4  # each holds an encoder and trains models: about 2 GB apiece
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most :data:`MAX_WORKERS`."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Modules with slow tests first, so the last module a worker takes is a short one."""
+    slow = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow)
 
 
 def error_of(call, *args, **kwargs) -> str:
