@@ -30,6 +30,36 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
+def sample_texts() -> list[str]:
+    """Every text of the sample corpora the tests code: the seed set, the notes' dev labels, the
+    segments of the seed documents (the Skåne notes among them), the survey's answers and the
+    codebook's prototypes."""
+    from qualcode.codebook import load_codebook
+    from qualcode.files.tables import read_table
+    from qualcode.model.classifier import prototype_texts
+    from qualcode.segmentation import segment
+
+    texts = [*read_table(CORPORA / "labels" / "seed_set.csv")["text"]]
+    texts += read_table(CORPORA / "labels" / "notes_dev.csv")["text"].tolist()
+    texts += segment(sorted((CORPORA / "seeds").glob("*.txt")))["text"].tolist()
+    texts += read_table(CORPORA / "survey" / "enkat.xlsx").iloc[:, -1].dropna().tolist()
+    texts += prototype_texts(load_codebook(CORPORA / "codebook.yaml"))[0]
+    return list(dict.fromkeys(map(str, texts)))
+
+
+def pytest_sessionstart(session) -> None:
+    """Before the workers start: convert the bundled encoder and embed :func:`sample_texts`
+    into the test home's cache, once, so that workers and the CLI runs they start in
+    subprocesses find them there, as on an analyst's second run, rather than each loading the
+    encoder (tests about a cold cache make their own). Nothing loads when all are cached."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from qualcode.model.classifier import get_encoder
+    from qualcode.model.encoders import embed
+
+    embed(sample_texts(), get_encoder(None), progress=False)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Modules with slow tests first, so the last module a worker takes is a short one."""
     slow = {item.module for item in items if item.get_closest_marker("slow")}

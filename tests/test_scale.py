@@ -27,8 +27,8 @@ SEED_SET = CORPORA / "labels" / "seed_set.csv"
 @pytest.fixture(scope="module")
 def segments(tmp_path_factory) -> Path:
     """The seed set's texts as a segments table with ids and a survey column (and a
-    non-answer), 120 rows."""
-    seed = read_table(SEED_SET).head(119)
+    non-answer), 60 rows."""
+    seed = read_table(SEED_SET).head(59)
     table = pd.DataFrame(
         {
             "segment_id": [f"s-{i:03d}" for i in range(len(seed))],
@@ -53,14 +53,14 @@ def whole(model_dir, segments, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single_cold(model_dir, segments, tmp_path_factory) -> Path:
-    """The single-process run in chunks of 30 with a cold embedding cache, as Dask workers
+    """The single-process run in chunks of 15 with a cold embedding cache, as Dask workers
     with their own new caches embed them: the same texts in the same batches give the same
     floats, to the last bit."""
     folder = tmp_path_factory.mktemp("single")
     out = folder / "predictions.csv"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QUALCODE_EMBEDDING_CACHE", str(folder / "cold.sqlite"))
-        cli_succeeds("classify", model_dir, segments, "-o", out, "--chunk-size", 30, "-q")
+        cli_succeeds("classify", model_dir, segments, "-o", out, "--chunk-size", 15, "-q")
     return out
 
 
@@ -97,7 +97,7 @@ def test_parquet_and_xlsx_inputs_are_read_in_chunks(
     else:
         write_table(table, source)
     out = tmp_path / "predictions.csv"
-    code, _, err = run(capsys, "classify", model_dir, source, "-o", out, "--chunk-size", 50, "-q")
+    code, _, err = run(capsys, "classify", model_dir, source, "-o", out, "--chunk-size", 25, "-q")
     assert code == 0, err
     assert out.read_bytes() == whole.read_bytes()
 
@@ -105,7 +105,7 @@ def test_parquet_and_xlsx_inputs_are_read_in_chunks(
 @pytest.mark.slow  # three runs in subprocesses
 def test_a_killed_run_leaves_no_output_and_resumes(model_dir, segments, whole, tmp_path):
     out = tmp_path / "predictions.csv"
-    args = ("classify", model_dir, segments, "-o", out, "--chunk-size", 40, "-q")
+    args = ("classify", model_dir, segments, "-o", out, "--chunk-size", 20, "-q")
     first = qualcode(*args, QUALCODE_CRASH_AT="chunk-scored")
     assert first.returncode == -signal.SIGKILL
     assert not out.exists()
@@ -151,7 +151,7 @@ def test_dask_cluster_gives_every_cell_of_the_single_process_run(
     out = tmp_path / "dask.csv"
     code, _, err = run(
         capsys, "classify", model_dir, segments, "-o", out, "--dask", cluster.scheduler.address,
-        "--chunk-size", 30, "-q",
+        "--chunk-size", 15, "-q",
     )  # fmt: skip
     assert code == 0, err
     single, distributed = read_table(single_cold), read_table(out)
@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_output_is_complete(
     cluster.run(_arm_crash, str(marker))
     code, _, err = run(
         capsys, "classify", model_dir, segments, "-o", out, "--dask", cluster.scheduler.address,
-        "--chunk-size", 30, "-q",
+        "--chunk-size", 15, "-q",
     )  # fmt: skip
     assert code == 0, err
     assert marker.exists()  # a worker did die with a chunk in hand
