@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 CORPORA = ROOT / "corpora"
 BENCH = SHARED / "bench" / "sib200-swe"
+SURVEY = CORPORA / "survey" / "enkat.xlsx"
+QUESTION = "Vad skulle förbättra samverkan mellan region och kommun?"  # the survey's answers
 
 os.environ.setdefault("QUALCODE_HOME", str(ROOT / ".qualcode-test-home"))
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -32,8 +34,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 def sample_texts() -> list[str]:
     """Every text of the sample corpora the tests code: the seed set, the notes' dev labels, the
-    segments of the seed documents (the Skåne notes among them), the survey's answers and the
-    codebook's prototypes."""
+    segments of the seed documents (the Skåne notes among them) and of the survey's answers, as
+    `qualcode segment --column` gives them, and the codebook's prototypes."""
     from qualcode.codebook import load_codebook
     from qualcode.files.tables import read_table
     from qualcode.model.classifier import prototype_texts
@@ -41,8 +43,8 @@ def sample_texts() -> list[str]:
 
     texts = [*read_table(CORPORA / "labels" / "seed_set.csv")["text"]]
     texts += read_table(CORPORA / "labels" / "notes_dev.csv")["text"].tolist()
-    texts += segment(sorted((CORPORA / "seeds").glob("*.txt")))["text"].tolist()
-    texts += read_table(CORPORA / "survey" / "enkat.xlsx").iloc[:, -1].dropna().tolist()
+    documents = [*sorted((CORPORA / "seeds").glob("*.txt")), SURVEY]
+    texts += segment(documents, column=QUESTION)["text"].tolist()
     texts += prototype_texts(load_codebook(CORPORA / "codebook.yaml"))[0]
     return list(dict.fromkeys(map(str, texts)))
 

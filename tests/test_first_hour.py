@@ -17,10 +17,8 @@ import pytest
 
 from qualcode.files.tables import read_table
 
-from .conftest import ROOT, labeller_ready, run_cli
+from .conftest import QUESTION, ROOT, SURVEY, labeller_ready, run_cli
 
-SURVEY = ROOT / "corpora" / "survey" / "enkat.xlsx"
-QUESTION = "Vad skulle förbättra samverkan mellan region och kommun?"
 RESPONDENT_COLUMNS = ["Respondent", "Kommun", "Roll"]
 # What the analyst picks in the drop-down (Swedish labels), by respondent.
 ANSWERS = {
