@@ -3,19 +3,23 @@
 A codebook is a hypothesis; in real material some answers fit none of its themes. This step
 finds them (BERTopic's recipe, adapted to a coded batch):
 
-1. **Which segments.** Each segment gets a *novelty*: the mean of two ranks, its model
-   confidence (low is novel) and how many of its nearest neighbours, among the labelled
-   segments and the batch together, come from the batch (a region the labelled segments do not
-   reach), averaged with its batch neighbours' novelty (novelty is a property of a region).
-   The third of the batch with the highest novelty (``share``), and every segment coded
-   ``other`` or flagged for review, are considered; ``all_segments`` considers everything.
+1. **Which segments.** Each segment gets a *novelty*: the mean of two ranks, its cosine to
+   the nearest labelled segment (low is novel) and how many of its nearest neighbours, among
+   the labelled segments and the batch together, come from the batch (a region the labelled
+   segments do not reach), averaged with its batch neighbours' novelty (novelty is a property
+   of a region). The model's confidence is not used: self-training makes the model confident
+   on whole regions it never saw labelled. The third of the batch with the highest novelty
+   (``share``), and every segment coded ``other`` or flagged for review, are considered;
+   ``all_segments`` considers everything.
 2. **Clusters.** The directions the known themes explain (their centroids) are projected out,
    and k-means clusters what remains, with the number of clusters chosen by the silhouette.
    Each cluster then competes with the known themes for the segments of the batch covered
    worse than the median: one closer to the cluster's centroid than to every prototype of a
-   theme joins it. A theme's prototypes are the centroids of up to three k-means groups of its
-   labelled segments (one per ten), so that a theme with several faces keeps the segments
-   near any of them.
+   theme joins it; the centroids are recomputed from the members that joined and the
+   competition runs again (three rounds at most), so that a cluster settles where its members
+   are rather than where k-means put it among the considered segments. A theme's prototypes
+   are the centroids of up to three k-means groups of its labelled segments (one per ten), so
+   that a theme with several faces keeps the segments near any of them.
 3. **Verdicts.** A cluster is new when its members' neighbourhoods lie outside what was
    labelled more than chance allows: the mean share of batch segments among their nearest
    neighbours exceeds the share expected if the batch were like the labelled segments (the
@@ -25,7 +29,7 @@ finds them (BERTopic's recipe, adapted to a coded batch):
    quotes are the members nearest the centroid.
 
 On SIB-200 Swedish with two of seven topics hidden from the codebook, the best-matching
-cluster of each hidden topic reaches a mean F1 of 0.62 over 5 seeds and all 21 pairs
+cluster of each hidden topic reaches a mean F1 of 0.65 over 5 seeds and all 21 pairs
 (BENCHMARKS.md).
 """
 
@@ -63,6 +67,7 @@ SHARE = 1 / 3  # the share of the batch considered, by novelty
 NEIGHBOURS = 20  # neighbours among labelled + batch segments for the novelty
 SMOOTHING = 10  # batch neighbours whose novelty is averaged in
 JOIN_ABOVE = 0.5  # quantile of novelty above which a segment may join a cluster
+ROUNDS = 3  # times the clusters compete again with centroids of the members that joined
 MAX_CLUSTERS = 8
 PROTOTYPES = 3  # at most this many prototypes per known theme, one per PER_PROTOTYPE segments
 PER_PROTOTYPE = 10
@@ -283,9 +288,16 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return rankdata(values) / len(values)
 
 
-def novelty_scores(
-    x: np.ndarray, reference: np.ndarray, confidence: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, float]:
+def _closest(x: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Each row's cosine to its nearest row of ``pool`` (blockwise); -inf if ``pool`` is empty."""
+    if not len(pool):
+        return np.full(len(x), -np.inf)
+    return np.concatenate(
+        [(x[start : start + CHUNK] @ pool.T).max(axis=1) for start in range(0, len(x), CHUNK)]
+    )
+
+
+def novelty_scores(x: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """How badly the known themes cover each segment, in [0, 1] (see the module docstring);
     the share of each segment's nearest neighbours that are batch segments; and the share
     expected if the batch were like the labelled segments."""
@@ -295,8 +307,8 @@ def novelty_scores(
     near = _nearest(x, pool, k, skip_self=len(reference))
     from_batch = (near >= len(reference)).mean(axis=1)
     score = _ranks(from_batch)
-    if confidence is not None and np.isfinite(confidence).all():
-        score = (score + _ranks(-confidence)) / 2
+    if len(reference):
+        score = (score + _ranks(-_closest(x, reference))) / 2
     expected = (n - 1) / (len(pool) - 1)
     smoothing = min(SMOOTHING, n - 1)
     if smoothing < 1:
@@ -357,17 +369,28 @@ def _compete(
     x: np.ndarray, labels: np.ndarray, known: np.ndarray, eligible: np.ndarray
 ) -> np.ndarray:
     """Every ``eligible`` segment joins the cluster whose centroid is nearest, if nearer than
-    every row of ``known`` (the known themes' prototypes); clusters left with fewer than
-    MIN_CLUSTER members dissolve. Returns cluster numbers from 1 (largest first), 0 for none."""
+    every row of ``known`` (the known themes' prototypes); the centroids are then recomputed
+    from the members that joined and the segments compete again (up to ROUNDS times, until
+    nothing moves); clusters left with fewer than MIN_CLUSTER members dissolve. Returns
+    cluster numbers from 1 (largest first), 0 for none."""
     names = [c for c in np.unique(labels) if c >= 0]
     if not names:
         return np.zeros(len(x), dtype=int)
     centroids = _centroids(x, labels, names)
-    sims = x @ centroids.T
-    best = sims.argmax(axis=1)
-    joins = sims.max(axis=1) > ((x @ known.T).max(axis=1) if len(known) else -np.inf)
-    joins &= eligible
-    joined = np.where(joins, best, -1)
+    bar = _closest(x, known)
+    alive = np.ones(len(names), dtype=bool)
+    joined = np.full(len(x), -1)
+    for _ in range(ROUNDS + 1):
+        sims = x @ centroids.T
+        sims[:, ~alive] = -np.inf  # a dissolved cluster attracts no one
+        previous = joined
+        joined = np.where((sims.max(axis=1) > bar) & eligible, sims.argmax(axis=1), -1)
+        if np.array_equal(joined, previous):
+            break
+        alive = np.bincount(joined[joined >= 0], minlength=len(names)) >= MIN_CLUSTER
+        if not alive.any():
+            break
+        centroids[alive] = _centroids(x, joined, list(np.flatnonzero(alive)))
     sizes = {c: int((joined == c).sum()) for c in range(len(names))}
     ordered = sorted((c for c in sizes if sizes[c] >= MIN_CLUSTER), key=lambda c: (-sizes[c], c))
     number = {c: i + 1 for i, c in enumerate(ordered)}
@@ -438,7 +461,7 @@ def discover(
     reference, ref_themes = _reference(codebook, model, handle)
     known_ids = [t for t in codebook.ids if t in set(ref_themes)]
     known = _centroids(reference, ref_themes, known_ids) if known_ids else np.empty((0, x.shape[1]))
-    result.novelty, from_batch, expected = novelty_scores(x, reference, info["confidence"])
+    result.novelty, from_batch, expected = novelty_scores(x, reference)
     if all_segments:
         considered = np.ones(n, dtype=bool)
     else:

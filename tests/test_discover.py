@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from qualcode import discovery
 from qualcode.codebook import load_codebook, parse_codebook
 from qualcode.discovery import discover
 from qualcode.files.tables import read_table
@@ -132,6 +134,45 @@ def test_same_seed_same_clusters(codebook, model, notes):
     assert (first.assigned == again.assigned).all()
     assert [c.keywords for c in first.clusters] == [c.keywords for c in again.clusters]
     assert first.table().equals(again.table())
+
+
+def test_a_cluster_settles_where_its_members_are(monkeypatch):
+    """k-means put the cluster on the border with a known theme; the members that joined pull
+    its centroid away, the border segments go back to the theme, and segments near the members
+    (but far from the first centroid) join."""
+    rng = np.random.default_rng(0)
+
+    def around(direction, n):
+        return discovery._unit(np.asarray(direction, float) + rng.normal(0, 0.03, (n, 3)))
+
+    theme = np.array([[1.0, 0.0, 0.0]])
+    border, members, beyond = (
+        around([1, 1.2, 0], 4),
+        around([0.2, 0.5, 0.84], 10),
+        around([0.3, 0, 0.95], 10),
+    )
+    x = np.vstack([border, members, beyond])
+    clustered = np.r_[np.zeros(4, dtype=int), np.full(20, -1)]  # k-means saw the border only
+    everyone = np.ones(len(x), dtype=bool)
+    settled = discovery._compete(x, clustered, theme, everyone)
+    assert (settled[:4] == 0).all() and (settled[4:] == 1).all(), settled
+    monkeypatch.setattr(discovery, "ROUNDS", 0)
+    once = discovery._compete(x, clustered, theme, everyone)
+    assert (once[:4] == 1).all() and (once[14:] == 0).all(), once  # what one round gives
+
+
+@pytest.mark.slow  # trains a model on the real encoder
+def test_novelty_comes_from_the_labelled_segments_not_the_confidence(codebook, model, notes):
+    """Self-training makes a model confident where nobody labelled anything: the novelty must
+    not move with the confidence, and must follow the distance to the labelled segments."""
+    sure = notes.assign(confidence="0.99")
+    first = discover(notes, codebook, model=model)
+    again = discover(sure, codebook, model=model)
+    assert np.allclose(first.novelty, again.novelty)
+    from scipy.stats import spearmanr
+
+    similarity = notes["similarity"].astype(float).to_numpy()
+    assert spearmanr(first.novelty, similarity).statistic < -0.5
 
 
 # --------------------------------------------------------------------------- the command
