@@ -51,13 +51,16 @@ from qualcode.files.coded import (
     is_predictions,
     model_column,
     non_answers,
-    parse_confidence,
     parse_flags,
+    parse_number,
 )
 from qualcode.files.tables import spreadsheet_rows
 from qualcode.model.keywords import Vocabulary, class_keywords
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from qualcode.model.storage import ThemeModel
 
 __all__ = ["Cluster", "Discovery", "discover"]
@@ -75,6 +78,7 @@ MIN_CLUSTER = 3  # smaller groups are not clusters
 MIN_SEGMENTS = 2 * MIN_CLUSTER  # fewer segments than this: nothing to cluster
 QUOTES = 5
 KEYWORDS = 8
+SAME_SIMILARITY = 2e-3  # the predictions' similarity has four decimals
 CHUNK = 2048  # rows per block of the similarity matrix (bounded memory on large batches)
 SILHOUETTE_SAMPLE = 3000
 LARGE = 2000  # segments clustered: above this, k-means restarts 3 times instead of 10
@@ -201,7 +205,8 @@ class Discovery:
 
 def _batch(table: pd.DataFrame, codebook: Codebook) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The segments to look at (non-answers and empty texts left out) with what the model
-    said of them: ``confidence`` and ``flagged`` (None for segments or labels), ``theme``."""
+    said of them: ``flagged`` and ``similarity`` to its labelled segments (None for segments or
+    labels) and the ``themes`` it coded with."""
     if "text" not in table.columns:
         raise QualcodeError(
             "discover needs a 'text' column (a predictions, segments or labels file)"
@@ -211,21 +216,28 @@ def _batch(table: pd.DataFrame, codebook: Codebook) -> tuple[pd.DataFrame, dict[
     table = table[keep]
     segments = pd.DataFrame({c: column_text(table, c) for c in PROVENANCE if c in table.columns})
     segments["text"] = column_text(table, "text").to_numpy()
-    info: dict[str, Any] = {"confidence": None, "flagged": None}
+    info: dict[str, Any] = {"flagged": None, "similarity": None, "themes": set()}
     theme = model_column(table, "theme")
     segments["theme"] = column_text(table, theme).str.split(";").str[0].str.strip().to_numpy()
     if is_predictions(table):
         rows = spreadsheet_rows(table)
-        info["confidence"] = np.array(
-            parse_confidence(column_text(table, model_column(table, "confidence")), rows)
-        )
         segments["confidence"] = column_text(table, model_column(table, "confidence")).to_numpy()
+        similarity = column_text(table, model_column(table, "similarity"))
+        info["similarity"] = np.array([_number(v) for v in similarity], dtype=float)
+        info["themes"] = {c.removeprefix("p_") for c in table.columns if c.startswith("p_")}
         if model_column(table, "needs_review") in table.columns:
             info["flagged"] = np.array(
                 parse_flags(column_text(table, model_column(table, "needs_review")), rows)
             )
     segments["theme"] = [codebook_id(codebook, t) for t in segments["theme"]]
     return segments.reset_index(drop=True), info
+
+
+def _number(value: str) -> float:
+    try:
+        return parse_number(value)
+    except ValueError:
+        return math.nan
 
 
 def codebook_id(codebook: Codebook, value: str) -> str:
@@ -423,6 +435,7 @@ def discover(
     share: float = SHARE,
     seed: int = 0,
     embeddings: np.ndarray | None = None,
+    candidates: Sequence[Path] = (),
     progress: bool = False,
 ) -> Discovery:
     """Find groups of segments the codebook does not cover (see the module docstring).
@@ -430,9 +443,10 @@ def discover(
     ``table`` is a predictions file from ``qualcode classify`` (best: confidence and flags say
     what the model found hard), a segments or a labels table. ``model`` (the one that made the
     predictions) describes the known themes by its labelled segments; without it, the
-    codebook's own descriptions and examples do. ``embeddings`` of the segments (non-answers
-    and empty texts left out) already computed may be passed in. The result is deterministic
-    for a ``seed``.
+    codebook's own descriptions and examples do, unless one of the model folders in
+    ``candidates`` made the predictions (see :func:`_maker`). ``embeddings`` of the segments
+    (non-answers and empty texts left out) already computed may be passed in. The result is
+    deterministic for a ``seed``.
     """
     from qualcode.model.classifier import get_encoder
     from qualcode.model.encoders import TFIDF, embed
@@ -450,14 +464,27 @@ def discover(
             f"{n} segment(s): too few to discover themes in (at least {MIN_SEGMENTS} are needed)"
         )
         return result
+    if embeddings is not None and len(embeddings) != n:
+        raise QualcodeError(f"{len(embeddings)} embeddings for {n} segments")
+    said = []
+    if model is None and candidates:
+        found = _maker(segments["text"].tolist(), info, candidates, progress)
+        if found is None:
+            said.append(
+                "no model given (--model), and none beside the input or in models/ made these "
+                "predictions: the codebook's descriptions and examples stand in for the labelled "
+                "segments, which finds much less"
+            )
+        else:
+            model, path, embeddings = found
+            said.append(f"model: {path} (it made these predictions)")
     name = model.classifier.encoder if model is not None else encoder
     handle = get_encoder(None if name == TFIDF else name)
     if embeddings is None:
         embeddings = embed(segments["text"].tolist(), handle, progress=progress)
-    elif len(embeddings) != n:
-        raise QualcodeError(f"{len(embeddings)} embeddings for {n} segments")
     x = _unit(embeddings)
     result = Discovery(segments, [], nothing > 0, nothing, np.zeros(n), _map(x), codebook, seed)
+    result.messages += said
     reference, ref_themes = _reference(codebook, model, handle)
     known_ids = [t for t in codebook.ids if t in set(ref_themes)]
     known = _centroids(reference, ref_themes, known_ids) if known_ids else np.empty((0, x.shape[1]))
@@ -483,6 +510,37 @@ def discover(
     result.assigned = _compete(x, labels, prototypes, eligible)
     result.clusters = _describe(result, x, known, known_ids, (from_batch, expected))
     return result
+
+
+def _maker(
+    texts: list[str], info: dict[str, Any], candidates: Sequence[Path], progress: bool
+) -> tuple[ThemeModel, Path, np.ndarray] | None:
+    """The model among ``candidates`` that made the predictions, with the segments'
+    embeddings: it codes with the same themes, and its labelled segments give each segment the
+    ``similarity`` the predictions report (to their four decimals)."""
+    from qualcode.model.classifier import Features, get_encoder
+    from qualcode.model.encoders import TFIDF, embed
+    from qualcode.model.storage import load_model
+
+    reported = info["similarity"]
+    if reported is None or np.isfinite(reported).sum() < MIN_SEGMENTS:
+        return None
+    known = np.isfinite(reported)
+    embedded: dict[str, np.ndarray] = {}
+    for path in candidates:
+        try:
+            model = load_model(path)
+        except QualcodeError:
+            continue
+        name = model.classifier.encoder
+        if set(model.codebook.ids) != info["themes"] or name == TFIDF:
+            continue
+        if name not in embedded:
+            embedded[name] = embed(texts, get_encoder(name), progress=progress)
+        mine = model.classifier.similarity_to_training(Features(embedded[name]))
+        if np.abs(mine[known] - reported[known]).max() <= SAME_SIMILARITY:
+            return model, path, embedded[name]
+    return None
 
 
 def _describe(

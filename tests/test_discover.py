@@ -227,6 +227,38 @@ def test_discover_command_end_to_end(tmp_path, capsys, model, notes):
     assert "Nya teman?" in report and themes[0]["label"] in report
 
 
+@pytest.mark.slow  # trains two models on the real encoder
+def test_discover_finds_the_model_that_made_the_predictions(
+    tmp_path, capsys, monkeypatch, codebook, labels, model, notes
+):
+    """Without --model, the model in models/ whose labelled segments give the predictions'
+    similarities is used, not another with the same themes; with none, it says so."""
+    import shutil
+
+    from qualcode.classification import write_predictions
+    from qualcode.training import train
+
+    model.save(tmp_path / "models" / "samverkan")
+    other = train(labels.iloc[::2].reset_index(drop=True), codebook, progress=False)
+    other.save(tmp_path / "models" / "annan")  # the same themes, newer: looked at first
+    write_predictions(notes, tmp_path / "predictions.csv")
+    monkeypatch.chdir(tmp_path)
+    code, said = run_cli(capsys, "discover", "predictions.csv", "--codebook", CODEBOOK, "-o", "a")
+    assert code == 0, said
+    assert "model: models/samverkan (it made these predictions)" in said, said
+    code, said = run_cli(capsys, "discover", "predictions.csv", "--codebook", CODEBOOK,
+                         "--model", "models/samverkan", "-o", "b")  # fmt: skip
+    assert code == 0, said
+    assert (tmp_path / "a" / "clusters.csv").read_bytes() == (
+        tmp_path / "b" / "clusters.csv"
+    ).read_bytes()
+
+    shutil.rmtree(tmp_path / "models" / "samverkan")
+    code, said = run_cli(capsys, "discover", "predictions.csv", "--codebook", CODEBOOK, "-o", "c")
+    assert code == 0 and "Traceback" not in said, said
+    assert "none beside the input or in models/ made these predictions" in said, said
+
+
 def test_discover_command_on_a_tiny_input(tmp_path, capsys):
     path = tmp_path / "segments.csv"
     pd.DataFrame({"text": PARKING[:3]}).to_csv(path, index=False)

@@ -264,7 +264,8 @@ def evaluate(labels, codebook, folds, settings, as_json, quiet):
     default=None,
     type=click.Path(path_type=Path),
     help="The model that made the predictions: its labelled segments describe the known themes "
-    "(default: the codebook's descriptions and examples).",
+    "(default: the one beside INPUT or in models/ that made them; else the codebook's "
+    "descriptions and examples).",
 )
 @click.option(
     "--all",
@@ -290,7 +291,7 @@ def discover(source, output, codebook, model_dir, all_segments, share, seed, qui
     """
     from qualcode.discovery import discover as run_discover
     from qualcode.files.tables import read_table, refuse_own_input
-    from qualcode.model.storage import load_model
+    from qualcode.model.storage import load_model, model_folders
     from qualcode.reporting.discovery import write_discovery
 
     refuse_own_input(output, [p for p in (source, codebook, model_dir) if p is not None])
@@ -307,6 +308,7 @@ def discover(source, output, codebook, model_dir, all_segments, share, seed, qui
         all_segments=all_segments,
         share=share,
         seed=seed,
+        candidates=model_folders([source]) if model is None else [],
         progress=not quiet,
     )
     paths = write_discovery(result, output, source_name=source.name)

@@ -270,6 +270,24 @@ def review_evidence(clf: ThemeClassifier) -> tuple[np.ndarray, np.ndarray] | Non
     return clf.oof_proba_.max(axis=1), correct
 
 
+def model_folders(near: list[Path]) -> list[Path]:
+    """Folders holding a saved model that may have made the files in ``near``: beside each
+    file or its folder, in a ``models/`` folder there, and in ``models/`` here; newest first."""
+    places = [Path("models")]
+    for path in near:
+        for folder in (path.parent, path.parent.parent):
+            places += [folder, folder / "models"]
+    found: dict[Path, Path] = {}
+    for place in places:
+        try:
+            cards = [(c.stat().st_mtime, c.parent) for c in place.glob("*/model.json")]
+        except OSError:  # unreadable or gone: not where the model is
+            continue
+        for mtime, folder in cards:
+            found.setdefault(folder.resolve(), (mtime, folder))
+    return [folder for _, folder in sorted(found.values(), key=lambda m: -m[0])]
+
+
 def load_model(directory: str | Path, codebook: Codebook | None = None) -> ThemeModel:
     """Load a saved model directory, checking its integrity, format, codebook and encoder."""
     try:
