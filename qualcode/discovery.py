@@ -78,7 +78,7 @@ MIN_CLUSTER = 3  # smaller groups are not clusters
 MIN_SEGMENTS = 2 * MIN_CLUSTER  # fewer segments than this: nothing to cluster
 QUOTES = 5
 KEYWORDS = 8
-SAME_SIMILARITY = 2e-3  # the predictions' similarity has four decimals
+SAME_SIMILARITY = 6e-3  # the predictions' similarity has 4 decimals (2 if a spreadsheet cut them)
 CHUNK = 2048  # rows per block of the similarity matrix (bounded memory on large batches)
 SILHOUETTE_SAMPLE = 3000
 LARGE = 2000  # segments clustered: above this, k-means restarts 3 times instead of 10
@@ -517,7 +517,7 @@ def _maker(
 ) -> tuple[ThemeModel, Path, np.ndarray] | None:
     """The model among ``candidates`` that made the predictions, with the segments'
     embeddings: it codes with the same themes, and its labelled segments give each segment the
-    ``similarity`` the predictions report (to their four decimals)."""
+    ``similarity`` the predictions report (to their decimals)."""
     from qualcode.model.classifier import Features, get_encoder
     from qualcode.model.encoders import TFIDF, embed
     from qualcode.model.storage import load_model
