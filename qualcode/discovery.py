@@ -35,6 +35,7 @@ the five seeds the design was chosen on, 0.61 on five others (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -435,21 +436,22 @@ def discover(
     share: float = SHARE,
     seed: int = 0,
     embeddings: np.ndarray | None = None,
-    candidates: Sequence[Path] = (),
+    candidates: Sequence[Path] | None = None,
     progress: bool = False,
 ) -> Discovery:
     """Find groups of segments the codebook does not cover (see the module docstring).
 
-    ``table`` is a predictions file from ``qualcode classify`` (best: confidence and flags say
-    what the model found hard), a segments or a labels table. ``model`` (the one that made the
-    predictions) describes the known themes by its labelled segments; without it, the
-    codebook's own descriptions and examples do, unless one of the model folders in
-    ``candidates`` made the predictions (see :func:`_maker`). ``embeddings`` of the segments
-    (non-answers and empty texts left out) already computed may be passed in. The result is
-    deterministic for a ``seed``.
+    ``table`` is a predictions file from ``qualcode classify`` (best: its flags and similarity
+    say what the model found hard), a segments or a labels table. ``model`` (the one that made
+    the predictions) describes the known themes by its labelled segments. Without it, the model
+    folders in ``candidates`` are searched for the one that made the predictions (see
+    :func:`_maker`; ``None``: no search), and failing that the codebook's own descriptions and
+    examples stand in, which finds much less (a message says which). ``embeddings`` of the
+    segments (non-answers and empty texts left out) already computed may be passed in. The
+    result is deterministic for a ``seed``.
     """
     from qualcode.model.classifier import get_encoder
-    from qualcode.model.encoders import TFIDF, embed
+    from qualcode.model.encoders import BUNDLED, TFIDF, embed
 
     if not 0 < share <= 1:
         raise QualcodeError(f"--share must be above 0 and at most 1, not {share}")
@@ -467,19 +469,24 @@ def discover(
     if embeddings is not None and len(embeddings) != n:
         raise QualcodeError(f"{len(embeddings)} embeddings for {n} segments")
     said = []
-    if model is None and candidates:
-        found = _maker(segments["text"].tolist(), info, candidates, progress)
-        if found is None:
+    embedded: dict[str, np.ndarray] = {}
+    if model is None and candidates is not None:
+        found = _maker(segments["text"].tolist(), info, candidates, embedded, progress)
+        if found is not None:
+            model, path = found
+            said.append(f"model: {path} (it made these predictions)")
+        else:
+            searched = info["similarity"] is not None  # only predictions say who made them
             said.append(
-                "no model given (--model), and none beside the input or in models/ made these "
-                "predictions: the codebook's descriptions and examples stand in for the labelled "
+                "no model given (--model)"
+                + (", and none beside INPUT or in models/ made these predictions" * searched)
+                + ": the codebook's descriptions and examples stand in for the labelled "
                 "segments, which finds much less"
             )
-        else:
-            model, path, embeddings = found
-            said.append(f"model: {path} (it made these predictions)")
     name = model.classifier.encoder if model is not None else encoder
     handle = get_encoder(None if name == TFIDF else name)
+    if embeddings is None:
+        embeddings = embedded.get(name or BUNDLED)  # the search embedded them already
     if embeddings is None:
         embeddings = embed(segments["text"].tolist(), handle, progress=progress)
     x = _unit(embeddings)
@@ -513,11 +520,15 @@ def discover(
 
 
 def _maker(
-    texts: list[str], info: dict[str, Any], candidates: Sequence[Path], progress: bool
-) -> tuple[ThemeModel, Path, np.ndarray] | None:
-    """The model among ``candidates`` that made the predictions, with the segments'
-    embeddings: it codes with the same themes, and its labelled segments give each segment the
-    ``similarity`` the predictions report (to their decimals)."""
+    texts: list[str],
+    info: dict[str, Any],
+    candidates: Sequence[Path],
+    embedded: dict[str, np.ndarray],
+    progress: bool,
+) -> tuple[ThemeModel, Path] | None:
+    """The model among ``candidates`` that made the predictions: it codes with the same themes,
+    and its labelled segments give each segment the ``similarity`` the predictions report (to
+    their decimals). ``embedded`` holds the segments' embeddings by encoder, filled as needed."""
     from qualcode.model.classifier import Features, get_encoder
     from qualcode.model.encoders import TFIDF, embed
     from qualcode.model.storage import load_model
@@ -526,20 +537,28 @@ def _maker(
     if reported is None or np.isfinite(reported).sum() < MIN_SEGMENTS:
         return None
     known = np.isfinite(reported)
-    embedded: dict[str, np.ndarray] = {}
     for path in candidates:
-        try:
+        try:  # a folder that cannot be read as a model of these themes is not the one
+            card = json.loads((path / "model.json").read_text(encoding="utf-8"))
+            if info["themes"] and set(card["codebook"]["themes"]) != info["themes"]:
+                continue
             model = load_model(path)
-        except QualcodeError:
+            name = model.classifier.encoder
+            if name == TFIDF:  # its reference is the codebook anyway
+                continue
+            if name not in embedded:
+                embedded[name] = embed(texts, get_encoder(name), progress=progress)
+            x = embedded[name]
+            mine = np.concatenate(
+                [
+                    model.classifier.similarity_to_training(Features(x[start : start + CHUNK]))
+                    for start in range(0, len(x), CHUNK)
+                ]
+            )
+        except Exception:  # noqa: BLE001
             continue
-        name = model.classifier.encoder
-        if set(model.codebook.ids) != info["themes"] or name == TFIDF:
-            continue
-        if name not in embedded:
-            embedded[name] = embed(texts, get_encoder(name), progress=progress)
-        mine = model.classifier.similarity_to_training(Features(embedded[name]))
         if np.abs(mine[known] - reported[known]).max() <= SAME_SIMILARITY:
-            return model, path, embedded[name]
+            return model, path
     return None
 
 

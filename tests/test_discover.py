@@ -241,6 +241,10 @@ def test_discover_finds_the_model_that_made_the_predictions(
     model.save(tmp_path / "models" / "samverkan")
     other = train(labels.iloc[::2].reset_index(drop=True), codebook, progress=False)
     other.save(tmp_path / "models" / "annan")  # the same themes, newer: looked at first
+    (tmp_path / "models" / "trasig").mkdir()
+    (tmp_path / "models" / "trasig" / "model.json").write_text("[1, 2]", encoding="utf-8")
+    shutil.copytree(tmp_path / "models" / "annan", tmp_path / "models" / "halv")
+    (tmp_path / "models" / "halv" / "head.npz").unlink()  # broken models are passed over
     write_predictions(notes, tmp_path / "predictions.csv")
     monkeypatch.chdir(tmp_path)
     code, said = run_cli(capsys, "discover", "predictions.csv", "--codebook", CODEBOOK, "-o", "a")
@@ -256,7 +260,10 @@ def test_discover_finds_the_model_that_made_the_predictions(
     shutil.rmtree(tmp_path / "models" / "samverkan")
     code, said = run_cli(capsys, "discover", "predictions.csv", "--codebook", CODEBOOK, "-o", "c")
     assert code == 0 and "Traceback" not in said, said
-    assert "none beside the input or in models/ made these predictions" in said, said
+    assert "none beside INPUT or in models/ made these predictions" in said, said
+    notes[["text"]].to_csv(tmp_path / "segments.csv", index=False)
+    code, said = run_cli(capsys, "discover", "segments.csv", "--codebook", CODEBOOK, "-o", "d")
+    assert code == 0 and "no model given (--model): the codebook's" in said, said
 
 
 def test_discover_command_on_a_tiny_input(tmp_path, capsys):

@@ -285,9 +285,9 @@ def evaluate(labels, codebook, folds, settings, as_json, quiet):
 def discover(source, output, codebook, model_dir, all_segments, share, seed, quiet) -> None:
     """Find themes the codebook lacks in INPUT (predictions, segments or labels).
 
-    Clusters the segments the codebook covers badly (low confidence, far from the labelled
-    segments, coded `other` or flagged), names each cluster with Swedish keywords and says
-    whether it is new or close to an existing theme.
+    Clusters the segments the codebook covers badly (far from the labelled segments, in
+    regions they do not reach, coded `other` or flagged), names each cluster with Swedish
+    keywords and says whether it is new or close to an existing theme.
     """
     from qualcode.discovery import discover as run_discover
     from qualcode.files.tables import read_table, refuse_own_input
@@ -308,7 +308,7 @@ def discover(source, output, codebook, model_dir, all_segments, share, seed, qui
         all_segments=all_segments,
         share=share,
         seed=seed,
-        candidates=model_folders([source]) if model is None else [],
+        candidates=model_folders([source]) if model is None else None,
         progress=not quiet,
     )
     paths = write_discovery(result, output, source_name=source.name)

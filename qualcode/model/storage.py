@@ -280,11 +280,16 @@ def model_folders(near: list[Path]) -> list[Path]:
     found: dict[Path, Path] = {}
     for place in places:
         try:
-            cards = [(c.stat().st_mtime, c.parent) for c in place.glob("*/model.json")]
+            cards = list(place.glob("*/model.json"))
         except OSError:  # unreadable or gone: not where the model is
             continue
-        for mtime, folder in cards:
-            found.setdefault(folder.resolve(), (mtime, folder))
+        for card in cards:
+            if card.parent.name.startswith("."):  # a model being written or replaced
+                continue
+            try:
+                found.setdefault(card.parent.resolve(), (card.stat().st_mtime, card.parent))
+            except OSError:
+                continue
     return [folder for _, folder in sorted(found.values(), key=lambda m: -m[0])]
 
 
