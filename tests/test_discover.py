@@ -161,6 +161,35 @@ def test_a_cluster_settles_where_its_members_are(monkeypatch):
     assert (once[:4] == 1).all() and (once[14:] == 0).all(), once  # what one round gives
 
 
+def test_a_member_on_the_edge_of_a_theme_is_left_out():
+    """A segment that joins a cluster only by a hair, so that another subset of the labelled
+    segments would keep it with their theme, is not a member; the cluster's core stays."""
+    rng = np.random.default_rng(0)
+    labelled = discovery._unit(np.array([1.0, 0, 0]) + rng.normal(0, 0.25, (30, 3)))
+    themes = np.array(["a"] * 30)
+    core = discovery._unit(np.array([0, 0.3, 1.0]) + rng.normal(0, 0.03, (40, 3)))
+    prototypes = discovery._prototypes(labelled, themes, ["a"], 0)
+
+    def run(alpha: float, vote: bool) -> np.ndarray:
+        nearest = prototypes[np.argmax(prototypes @ core.mean(axis=0))]
+        edge = discovery._unit((alpha * core.mean(axis=0) + (1 - alpha) * nearest)[None])
+        x = np.vstack([core, edge])
+        everyone = np.ones(len(x), dtype=bool)
+        joined = discovery._compete(x, np.r_[np.zeros(40, dtype=int), -1], prototypes, everyone)
+        if vote:
+            joined = discovery._vote(x, joined, labelled, themes, ["a"], everyone, 0)
+        return joined
+
+    low, high = 0.0, 1.0  # the edge: where the segment starts to join the cluster
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (low, middle) if run(middle, vote=False)[-1] else (middle, high)
+    assert run(high, vote=False)[-1] == 1
+    voted = run(high, vote=True)
+    assert voted[-1] == 0 and (voted[:-1] == 1).all(), voted
+    assert (run(1.0, vote=True) == 1).all()  # well inside: still a member
+
+
 @pytest.mark.slow  # trains a model on the real encoder
 def test_novelty_comes_from_the_labelled_segments_not_the_confidence(codebook, model, notes):
     """Self-training makes a model confident where nobody labelled anything: the novelty must
