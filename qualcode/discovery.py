@@ -446,13 +446,12 @@ def _vote(
     rng = np.random.default_rng(seed)
     start = np.where(clusters > 0, clusters, -1)
     votes = np.zeros((len(x), clusters.max() + 1), dtype=int)
+    groups = [np.flatnonzero(themes == theme) for theme in ids]
+    per = PER_PROTOTYPE * RESAMPLED  # as many prototypes as the whole set has
     for r in range(RESAMPLES):
         keep = np.zeros(len(reference), dtype=bool)
-        for theme in ids:
-            rows = np.flatnonzero(themes == theme)
+        for rows in groups:
             keep[rng.choice(rows, max(1, round(RESAMPLED * len(rows))), replace=False)] = True
-        # as many prototypes as the whole set has
-        per = PER_PROTOTYPE * RESAMPLED
         prototypes = _prototypes(reference[keep], themes[keep], ids, seed + r + 1, per)
         joined = _compete(x, start, prototypes, eligible)
         for c in range(1, joined.max() + 1):
